@@ -1,0 +1,142 @@
+"""Capture a PyTorch model as graphopt's IR: the ATen-level FX graph of ``torch.export``.
+
+Why torch.export (non-strict) and not ``torch.fx.symbolic_trace``: symbolic tracing fails on
+every HF transformers model (transformers 5 ships no FX tracer) and on models with
+tensor-dependent Python, while non-strict export runs the real Python and records ATen ops.
+It is also the graph that TVM (``from_exported_program``), the ONNX exporter and PT2E consume,
+so every pass matches ATen ops (``aten.conv2d``, ``aten.linear``, ``aten.batch_norm``, …),
+never ``nn.Module`` types.
+"""
+
+from __future__ import annotations
+
+import copy
+import linecache
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.fx import GraphModule
+
+from graphopt.errors import CaptureError
+
+__all__ = ["as_input_tuple", "trace"]
+
+_TORCH_DIR_MARKERS = ("/torch/", "/site-packages/torch", "/graphopt/capture.py")
+
+
+def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Normalise one tensor or a sequence of tensors to a tuple, with a clear error otherwise."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, Sequence) and all(
+        isinstance(t, torch.Tensor) for t in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise CaptureError(
+        "example_inputs must be a tensor or a tuple of tensors, got "
+        f"{type(example_inputs).__name__}"
+    )
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    dynamic_batch: bool = True,
+) -> GraphModule:
+    """Capture ``model`` with ``torch.export`` (non-strict) and return its FX GraphModule.
+
+    The model is deep-copied first, so the caller's module is never touched. With
+    ``dynamic_batch`` the first dimension of every input is symbolic (a batch of 1 is
+    repeated to 2 for capture, since export specialises size-1 dimensions). The returned
+    module has parameters as ``get_attr`` nodes under their original names and
+    ``node.meta["val"]`` / ``node.meta["nn_module_stack"]`` on every op node.
+    """
+    if not isinstance(model, nn.Module):
+        raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    model_copy = copy.deepcopy(model)
+    dynamic_shapes = None
+    if dynamic_batch:
+        inputs = tuple(_at_least_batch_two(t) for t in inputs)
+        dynamic_shapes = tuple({0: torch.export.Dim.AUTO} if t.dim() > 0 else None for t in inputs)
+    with _module_call_stack(model_copy) as stack:
+        try:
+            program = torch.export.export(
+                model_copy, inputs, dynamic_shapes=dynamic_shapes, strict=False
+            )
+        except Exception as exc:
+            raise CaptureError(_explain_failure(model_copy, exc, stack)) from exc
+    graph_module = program.module()
+    graph_module.meta["graphopt_example_inputs"] = tuple(t.detach().clone() for t in inputs)
+    graph_module.meta["graphopt_source_class"] = type(model).__name__
+    return graph_module
+
+
+def _at_least_batch_two(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() > 0 and tensor.shape[0] == 1:
+        return tensor.repeat(2, *([1] * (tensor.dim() - 1)))
+    return tensor
+
+
+@contextmanager
+def _module_call_stack(model: nn.Module) -> Iterator[list[str]]:
+    """Record which submodule is executing, so a capture failure can name it."""
+    stack: list[str] = []
+    handles = []
+    for name, module in model.named_modules():
+        label = name or "<root>"
+
+        def pre_hook(_m: nn.Module, _args: object, _label: str = label) -> None:
+            stack.append(_label)
+
+        def post_hook(_m: nn.Module, _args: object, _out: object) -> None:
+            if stack:
+                stack.pop()
+
+        handles.append(module.register_forward_pre_hook(pre_hook))
+        handles.append(module.register_forward_hook(post_hook))
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _explain_failure(model: nn.Module, exc: BaseException, stack: list[str]) -> str:
+    module_path = stack[-1] if stack else "<root>"
+    try:
+        module_type = type(model.get_submodule("" if module_path == "<root>" else module_path))
+        module_desc = f"{module_path} ({module_type.__name__})"
+    except AttributeError:
+        module_desc = module_path
+    where = _user_frame(exc)
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc)
+    if "data-dependent" in text or "GuardOnDataDependent" in type(exc).__name__ or "Could not guard" in text:
+        hint = (
+            "the forward branches on a tensor's value; rewrite it with torch.where/torch.cond, "
+            "or move the branch out of forward"
+        )
+    elif "Unsupported" in type(exc).__name__ or "not supported" in text:
+        hint = "replace the unsupported call, or wrap it in a custom op (torch.library.custom_op)"
+    else:
+        hint = "check that forward runs on the example inputs in eager mode, then simplify that line"
+    return (
+        f"could not capture the model at module {module_desc}, {where}: "
+        f"{type(exc).__name__}: {cause}. How to proceed: {hint}."
+    )
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost traceback frame outside torch: the user's source line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if not any(m in f.filename for m in _TORCH_DIR_MARKERS)]
+    if not user:
+        return "source line unknown"
+    frame = user[-1]
+    code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+    return f"{frame.filename}:{frame.lineno} `{code}`"
