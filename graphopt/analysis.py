@@ -22,13 +22,37 @@ from graphopt.ir import get_tensor, is_op, module_path
 __all__ = ["ModelStats", "NodeStats", "analyze"]
 
 aten = torch.ops.aten
-_CONVS = (aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution,
-          aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d)
+_CONVS = (
+    aten.conv1d,
+    aten.conv2d,
+    aten.conv3d,
+    aten.convolution,
+    aten.conv_transpose1d,
+    aten.conv_transpose2d,
+    aten.conv_transpose3d,
+)
 _MATMULS = (aten.matmul, aten.mm, aten.bmm, aten.addmm, aten.baddbmm)
-_VIEWS = (aten.view, aten.reshape, aten.flatten, aten.permute, aten.transpose, aten.t,
-          aten.expand, aten.slice, aten.select, aten.unsqueeze, aten.squeeze, aten.alias,
-          aten.detach, aten.unflatten, aten._unsafe_view, aten.split, aten.chunk,
-          aten.unbind, aten.contiguous)
+_VIEWS = (
+    aten.view,
+    aten.reshape,
+    aten.flatten,
+    aten.permute,
+    aten.transpose,
+    aten.t,
+    aten.expand,
+    aten.slice,
+    aten.select,
+    aten.unsqueeze,
+    aten.squeeze,
+    aten.alias,
+    aten.detach,
+    aten.unflatten,
+    aten._unsafe_view,
+    aten.split,
+    aten.chunk,
+    aten.unbind,
+    aten.contiguous,
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +90,9 @@ def analyze(gm: GraphModule) -> ModelStats:
     buffers = sum(b.numel() for b in gm.buffers())
     size_by_dtype: dict[str, int] = defaultdict(int)
     for tensor in [*gm.parameters(), *gm.buffers()]:
-        size_by_dtype[str(tensor.dtype).removeprefix("torch.")] += tensor.numel() * tensor.element_size()
+        size_by_dtype[str(tensor.dtype).removeprefix("torch.")] += (
+            tensor.numel() * tensor.element_size()
+        )
     return ModelStats(
         params=params,
         buffers=buffers,
@@ -122,8 +148,8 @@ def _macs(node: Node) -> int:
         weight = _arg_shape(node.args[1])
         return math.prod(out) * weight[1] if weight else 0
     if is_op(node, _MATMULS):
-        operand = node.args[1] if not is_op(node, (aten.addmm, aten.baddbmm)) else node.args[1]
-        lhs = _arg_shape(operand)
+        with_bias = is_op(node, (aten.addmm, aten.baddbmm))
+        lhs = _arg_shape(node.args[1] if with_bias else node.args[0])
         return math.prod(out) * lhs[-1] if lhs else 0
     if is_op(node, (aten.scaled_dot_product_attention,)):
         q, k, v = (_arg_shape(a) for a in node.args[:3])
@@ -135,9 +161,7 @@ def _macs(node: Node) -> int:
 
 
 def _node_stats(gm: GraphModule, node: Node) -> NodeStats:
-    params = sum(
-        t.numel() for a in node.all_input_nodes if (t := get_tensor(gm, a)) is not None
-    )
+    params = sum(t.numel() for a in node.all_input_nodes if (t := get_tensor(gm, a)) is not None)
     val = node.meta.get("val")
     return NodeStats(
         name=node.name,
@@ -157,9 +181,12 @@ def _peak_activation_bytes(gm: GraphModule) -> int:
     owner: dict[Node, Node] = {}
     for node in nodes:
         base = node.args[0] if node.args else None
-        if node.op == "call_function" and (
-            is_op(node, _VIEWS) or node.target.__name__ == "getitem"
-        ) and isinstance(base, Node) and base in owner:
+        if (
+            node.op == "call_function"
+            and (is_op(node, _VIEWS) or node.target.__name__ == "getitem")
+            and isinstance(base, Node)
+            and base in owner
+        ):
             owner[node] = owner[base]
         else:
             owner[node] = node

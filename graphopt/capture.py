@@ -27,7 +27,9 @@ __all__ = ["as_input_tuple", "trace"]
 _TORCH_DIR_MARKERS = ("/torch/", "/site-packages/torch", "/graphopt/capture.py")
 
 
-def as_input_tuple(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def as_input_tuple(
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
     """Normalise one tensor or a sequence of tensors to a tuple, with a clear error otherwise."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
@@ -116,7 +118,11 @@ def _explain_failure(model: nn.Module, exc: BaseException, stack: list[str]) -> 
     where = _user_frame(exc)
     cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = str(exc)
-    if "data-dependent" in text or "GuardOnDataDependent" in type(exc).__name__ or "Could not guard" in text:
+    if (
+        "data-dependent" in text
+        or "GuardOnDataDependent" in type(exc).__name__
+        or "Could not guard" in text
+    ):
         hint = (
             "the forward branches on a tensor's value; rewrite it with torch.where/torch.cond, "
             "or move the branch out of forward"
@@ -124,7 +130,9 @@ def _explain_failure(model: nn.Module, exc: BaseException, stack: list[str]) -> 
     elif "Unsupported" in type(exc).__name__ or "not supported" in text:
         hint = "replace the unsupported call, or wrap it in a custom op (torch.library.custom_op)"
     else:
-        hint = "check that forward runs on the example inputs in eager mode, then simplify that line"
+        hint = (
+            "check that forward runs on the example inputs in eager mode, then simplify that line"
+        )
     return (
         f"could not capture the model at module {module_desc}, {where}: "
         f"{type(exc).__name__}: {cause}. How to proceed: {hint}."

@@ -95,8 +95,11 @@ class PassManager:
                     f"declared exact but changed the outputs by {error:.3g} (relative), "
                     f"above {self.exact_tolerance:g}; this is a bug in the pass",
                 )
-            stages.append(_stage(p.name, p.exact, result.modified, seconds, current, error,
-                                 dict(result.stats)))
+            stages.append(
+                _stage(
+                    p.name, p.exact, result.modified, seconds, current, error, dict(result.stats)
+                )
+            )
             reference = outputs
         return PipelineResult(graph_module=current, stages=tuple(stages))
 
@@ -136,10 +139,25 @@ def relative_error(reference: Sequence[torch.Tensor], actual: Sequence[torch.Ten
     return worst
 
 
-def _stage(name: str, exact: bool, modified: bool, seconds: float, gm: GraphModule,
-           error: float, stats: dict[str, Any]) -> StageReport:
+def _stage(
+    name: str,
+    exact: bool,
+    modified: bool,
+    seconds: float,
+    gm: GraphModule,
+    error: float,
+    stats: dict[str, Any],
+) -> StageReport:
     cost = analyze(gm)
-    return StageReport(name=name, exact=exact, modified=modified, seconds=seconds,
-                       params=cost.params, macs=cost.macs, size_bytes=cost.size_bytes,
-                       peak_activation_bytes=cost.peak_activation_bytes,
-                       relative_error=error, stats=stats)
+    return StageReport(
+        name=name,
+        exact=exact,
+        modified=modified,
+        seconds=seconds,
+        params=cost.params,
+        macs=cost.macs,
+        size_bytes=cost.size_bytes,
+        peak_activation_bytes=cost.peak_activation_bytes,
+        relative_error=error,
+        stats=stats,
+    )

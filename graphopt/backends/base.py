@@ -47,7 +47,7 @@ class LatencyStats:
     @classmethod
     def from_samples(cls, samples_s: Sequence[float], batch_size: int) -> LatencyStats:
         ms = sorted(s * 1000.0 for s in samples_s)
-        p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
+        p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
         return cls(
             median_ms=statistics.median(ms),
             p90_ms=p90,
@@ -79,8 +79,9 @@ class Backend(Protocol):
 
     name: str
 
-    def compile(self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> CompiledModel:
-        ...
+    def compile(
+        self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
+    ) -> CompiledModel: ...
 
 
 @dataclass
@@ -130,5 +131,7 @@ def max_abs_diff(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) 
         if ref.shape != got.shape:
             raise ValueError(f"output shape differs: {ref.shape} vs {got.shape}")
         if ref.size:
-            worst = max(worst, float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))))
+            worst = max(
+                worst, float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64))))
+            )
     return worst

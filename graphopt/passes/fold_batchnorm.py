@@ -82,13 +82,16 @@ class FoldBatchNorm(Pass):
                 refused.append(Refusal(node=module_path(bn) or bn.name, reason=reason))
                 continue
             self._fold(gm, producer, bn)
-            folded.append({"layer": module_path(producer) or producer.name,
-                           "batchnorm": module_path(bn) or bn.name})
+            folded.append(
+                {
+                    "layer": module_path(producer) or producer.name,
+                    "batchnorm": module_path(bn) or bn.name,
+                }
+            )
         return PassResult(
             gm,
             modified=bool(folded),
-            stats={"folded": len(folded), "pairs": folded,
-                   "refused": [asdict(r) for r in refused]},
+            stats={"folded": len(folded), "pairs": folded, "refused": [asdict(r) for r in refused]},
         )
 
     # ---- check -------------------------------------------------------------------------
@@ -96,7 +99,9 @@ class FoldBatchNorm(Pass):
         if not isinstance(producer, Node) or not is_op(producer, _CONVS + _LINEAR):
             return "input is not a conv1d/2d/3d or linear output"
         if len(producer.users) != 1:
-            return f"{producer.name} has {len(producer.users)} users; folding would change the others"
+            return (
+                f"{producer.name} has {len(producer.users)} users; folding would change the others"
+            )
         if bn.args[3] is None or bn.args[4] is None:
             return "BatchNorm without running statistics always uses batch statistics"
         weight_node = producer.args[1]
@@ -146,7 +151,7 @@ class FoldBatchNorm(Pass):
             with gm.graph.inserting_before(producer):
                 new_bias_node = gm.graph.get_attr(bias_target)
             args = list(producer.args)
-            args[2:3] = [new_bias_node] if len(args) > 2 else [new_bias_node]
+            args[2:3] = [new_bias_node]  # sets or appends the bias argument
             producer.args = tuple(args)
 
         bn_attr_prefixes = {str(a.target).rpartition(".")[0] for a in bn.args[1:5] if a is not None}
@@ -160,6 +165,9 @@ def _attribute_shared(gm: GraphModule, attr_node: Node) -> bool:
     if len(attr_node.users) != 1:
         return True
     tensor = get_tensor(gm, attr_node)
-    same = [n for n in gm.graph.nodes if n.op == "get_attr" and n is not attr_node
-            and get_tensor(gm, n) is tensor]
+    same = [
+        n
+        for n in gm.graph.nodes
+        if n.op == "get_attr" and n is not attr_node and get_tensor(gm, n) is tensor
+    ]
     return bool(same)
