@@ -22,7 +22,7 @@ from torch.fx import GraphModule
 
 from graphopt.errors import CaptureError
 
-__all__ = ["as_input_tuple", "trace"]
+__all__ = ["as_input_tuple", "dynamic_batch_shapes", "trace"]
 
 _TORCH_DIR_MARKERS = ("/torch/", "/site-packages/torch", "/graphopt/capture.py")
 
@@ -64,7 +64,7 @@ def trace(
     dynamic_shapes = None
     if dynamic_batch:
         inputs = tuple(_at_least_batch_two(t) for t in inputs)
-        dynamic_shapes = tuple({0: torch.export.Dim.AUTO} if t.dim() > 0 else None for t in inputs)
+        dynamic_shapes = dynamic_batch_shapes(inputs)
     with _module_call_stack(model_copy) as stack:
         try:
             program = torch.export.export(
@@ -76,6 +76,11 @@ def trace(
     graph_module.meta["graphopt_example_inputs"] = tuple(t.detach().clone() for t in inputs)
     graph_module.meta["graphopt_source_class"] = type(model).__name__
     return graph_module
+
+
+def dynamic_batch_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict | None, ...]:
+    """``dynamic_shapes`` for torch.export: dimension 0 of every input left to export (AUTO)."""
+    return tuple({0: torch.export.Dim.AUTO} if t.dim() > 0 else None for t in inputs)
 
 
 def _at_least_batch_two(tensor: torch.Tensor) -> torch.Tensor:

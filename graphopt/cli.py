@@ -1,0 +1,207 @@
+"""The ``graphopt`` command: run a recipe, inspect a model, benchmark backends, list passes.
+
+Bad input (unknown pass or option, bad shape, missing file, a factory that raises) ends with
+one line on stderr and exit status 2, never a traceback, and leaves no partial output: outputs
+are written to a temporary sibling folder that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from graphopt.errors import GraphoptError, RecipeError
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except GraphoptError as exc:
+        text = str(exc)
+        first, _, rest = text.partition("\n")
+        print(f"graphopt: error: {first}", file=sys.stderr)
+        if rest and os.environ.get("GRAPHOPT_DEBUG"):
+            print(rest, file=sys.stderr)
+        elif rest and "Traceback" in rest:  # the user's own code failed: show its traceback once
+            print(rest, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("graphopt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="compress a model as a recipe (YAML/TOML) says")
+    run.add_argument("recipe", help="path to the recipe file")
+    run.add_argument("--output", help="output folder (overrides the recipe's)")
+    run.set_defaults(handler=_cmd_run)
+
+    inspect = sub.add_parser("inspect", help="capture a model and print its costs per node")
+    inspect.add_argument("model", help="zoo name or package.module:factory")
+    inspect.add_argument("--input-shape", help="e.g. 1,3,224,224 (zoo models have a default)")
+    inspect.add_argument("--top", type=int, default=15, help="heaviest nodes to list")
+    inspect.set_defaults(handler=_cmd_inspect)
+
+    bench = sub.add_parser("bench", help="time a model on several backends, interleaved")
+    bench.add_argument("model", help="zoo name or package.module:factory")
+    bench.add_argument("--backend", default="onnxruntime", help="comma list: torch,onnxruntime,tvm")
+    bench.add_argument("--input-shape", help="e.g. 1,3,224,224")
+    bench.add_argument("--warmup", type=int, default=10)
+    bench.add_argument("--runs", type=int, default=50)
+    bench.add_argument("--tvm-trials", type=int, default=0, help="MetaSchedule trial budget")
+    bench.set_defaults(handler=_cmd_bench)
+
+    passes = sub.add_parser("passes", help="list the registered passes and their options")
+    passes.set_defaults(handler=_cmd_passes)
+    return parser
+
+
+# ---- commands -------------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from graphopt.loading import load_callable, load_model
+    from graphopt.recipe import load_recipe
+    from graphopt.runner import compress
+
+    recipe = load_recipe(args.recipe)
+    output = Path(args.output) if args.output else recipe.output
+    evaluate = load_callable(recipe.evaluate, what="evaluate") if recipe.evaluate else None
+    console = Console(stderr=True)
+    with _status(console) as say:
+        say(f"loading {recipe.model}")
+        model, inputs = load_model(recipe.model, input_shape=recipe.input_shape, seed=recipe.seed)
+        run = compress(model, inputs, recipe.build_passes(), backends=recipe.build_backends(),
+                       evaluate=evaluate, warmup=recipe.warmup, runs=recipe.runs,
+                       name=recipe.model, progress=say)
+        with _atomic_folder(output) as folder:
+            say("saving the compressed model and the report")
+            _save_model(run.compressed, run.example_inputs, folder)
+            written = run.report.write(folder)
+    run.report.print(Console())
+    print(f"wrote {', '.join(str(output / p.name) for p in written)}, "
+          f"{output / 'model.pt2'}, {output / 'model.onnx'}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from graphopt.analysis import analyze
+    from graphopt.capture import trace
+    from graphopt.loading import load_model
+
+    if args.top < 0:
+        raise RecipeError(f"--top must be >= 0, got {args.top}")
+    model, inputs = load_model(args.model, input_shape=args.input_shape)
+    stats = analyze(trace(model, inputs))
+    table = Table(title=f"{args.model}: heaviest {args.top} nodes by MACs (per sample)")
+    for col in ("node", "op", "module", "output shape", "MACs", "params"):
+        table.add_column(col)
+    for node in sorted(stats.nodes, key=lambda n: n.macs, reverse=True)[: args.top]:
+        table.add_row(node.name, node.op, node.module, str(node.output_shape), f"{node.macs:,}",
+                      f"{node.params:,}")
+    console = Console()
+    console.print(table)
+    console.print(f"params {stats.params:,}  MACs {stats.macs:,}  size {stats.size_bytes:,} B "
+                  f"{stats.size_by_dtype}  peak activations {stats.peak_activation_bytes:,} B")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from graphopt.backends import get_backend
+    from graphopt.backends.compare import bench_backends
+    from graphopt.capture import trace
+    from graphopt.loading import load_model
+
+    names = [n.strip() for n in args.backend.split(",") if n.strip()]
+    if not names:
+        raise RecipeError("--backend needs at least one backend name")
+    backends = [get_backend("torch")] + [
+        get_backend(n, trials=args.tvm_trials) if n == "tvm" else get_backend(n)
+        for n in names if n != "torch"
+    ]
+    model, inputs = load_model(args.model, input_shape=args.input_shape)
+    console = Console(stderr=True)
+    with _status(console) as say:
+        say("capturing")
+        gm = trace(model, inputs)
+        say(f"compiling and timing on {', '.join(b.name for b in backends)}")
+        comparison = bench_backends(gm, inputs, backends, warmup=args.warmup, runs=args.runs)
+    table = Table(title=f"{args.model}: latency per backend (interleaved, one run)")
+    for col in ("backend", "median ms", "p90 ms", "speed-up vs torch", "max rel diff", "notes"):
+        table.add_column(col)
+    for name, res in comparison.results.items():
+        notes = ", ".join(f"{k}={v}" for k, v in res.info.items() if k in ("tuned", "trials"))
+        table.add_row(name, f"{res.latency.median_ms:.3f}", f"{res.latency.p90_ms:.3f}",
+                      f"{comparison.speedups[name]:.2f}", f"{res.max_rel_diff:.1e}", notes)
+    Console().print(table)
+    return 0
+
+
+def _cmd_passes(args: argparse.Namespace) -> int:
+    from graphopt.passes import describe_passes
+
+    for row in describe_passes():
+        kind = "exact" if row["exact"] else "approximate"
+        options = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "no options"
+        print(f"{row['name']:<20} {kind:<12} {row['summary']}  [{options}]")
+    return 0
+
+
+# ---- helpers --------------------------------------------------------------------------------
+@contextmanager
+def _status(console: object) -> Iterator[Callable[[str], None]]:
+    """A spinner line for long steps; each message replaces the previous one."""
+    with console.status("starting") as status:  # type: ignore[attr-defined]
+        yield lambda message: status.update(message)
+
+
+@contextmanager
+def _atomic_folder(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; move it into place only on success."""
+    target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_model(gm: object, inputs: tuple, folder: Path) -> None:
+    """Save the compressed graph as a torch.export archive (no pickled code) and as ONNX."""
+    import torch
+
+    from graphopt.backends import get_backend
+    from graphopt.capture import dynamic_batch_shapes
+
+    program = torch.export.export(gm, inputs, dynamic_shapes=dynamic_batch_shapes(inputs),
+                                  strict=False)
+    torch.export.save(program, folder / "model.pt2")
+    get_backend("onnxruntime", onnx_path=folder / "model.onnx").compile(gm, inputs)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

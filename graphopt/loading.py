@@ -1,0 +1,81 @@
+"""Resolve the names users write (zoo models, ``package.module:callable``, shape strings)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphopt.errors import RecipeError
+
+__all__ = ["load_callable", "load_model", "parse_shape"]
+
+
+def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1,3,224,224"`` / ``"1x3x224x224"`` / ``[1, 3, 224, 224]`` → ``(1, 3, 224, 224)``."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    elif isinstance(text, Sequence):
+        parts = list(text)
+    else:
+        raise RecipeError(f"input shape must be like 1,3,224,224, got {text!r}")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise RecipeError(f"input shape must be like 1,3,224,224, got {text!r}") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise RecipeError(f"input shape must be positive integers like 1,3,224,224, got {text!r}")
+    return shape
+
+
+def load_callable(spec: str, *, what: str) -> Callable[..., Any]:
+    """Import ``package.module:attribute`` (the form recipes and the CLI use)."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise RecipeError(f"{what} {spec!r} must be of the form package.module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RecipeError(f"{what} {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise RecipeError(f"{what} {spec!r}: {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise RecipeError(f"{what} {spec!r} is not callable")
+    return target
+
+
+def load_model(
+    spec: str, *, input_shape: Sequence[int] | None = None, seed: int = 0
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """A zoo name or ``package.module:factory`` → (model in eval mode, example inputs).
+
+    A factory returns a module, or ``(module, example_inputs)``; without example inputs from
+    the factory, ``input_shape`` is required and a seeded float tensor of that shape is used.
+    """
+    from graphopt import zoo
+
+    shape = parse_shape(input_shape) if input_shape is not None else None
+    if ":" not in spec:
+        return zoo.get_model(spec, seed=seed, input_shape=shape)
+    factory = load_callable(spec, what="model factory")
+    try:
+        produced = factory()
+    except Exception as exc:
+        raise RecipeError(
+            f"model factory {spec!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    model, inputs = (produced if isinstance(produced, tuple) else (produced, None))
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"model factory {spec!r} returned {type(model).__name__}, not nn.Module")
+    if shape is not None:
+        inputs = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)),)
+    if inputs is None:
+        raise RecipeError(f"model factory {spec!r} gave no example inputs: give an input shape")
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    return model.eval(), inputs

@@ -1,0 +1,213 @@
+"""The compression report: original vs compressed, per stage and per backend.
+
+Metrics (names as in the model-compression literature):
+- TRM, task metric: whatever the user's evaluation function returns, for both models;
+- GEM, general efficiency metrics: params, MACs, model size in bytes, peak activation memory;
+- DM, deployment metric: median latency per backend, measured interleaved in one run;
+- compression rate a/a* and index-space saving (a − a*)/a* for every GEM (a original, a*
+  compressed), and speed-up s/s* for every backend.
+Written as a terminal table, ``report.json`` and ``report.md`` with ``report.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphopt.analysis import ModelStats
+from graphopt.pass_manager import StageReport
+
+__all__ = ["BackendLatency", "CompressionReport", "ratio"]
+
+_GEM = ("params", "macs", "size_bytes", "peak_activation_bytes")
+
+
+@dataclass(frozen=True)
+class BackendLatency:
+    """Original vs compressed on one backend, timed interleaved in one run."""
+
+    backend: str
+    original_ms: float
+    compressed_ms: float
+    original_p90_ms: float
+    compressed_p90_ms: float
+    max_rel_diff: float  # compressed backend output vs compressed eager output
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return ratio(self.original_ms, self.compressed_ms)
+
+
+def ratio(original: float, compressed: float) -> float:
+    return original / compressed if compressed else math.inf
+
+
+@dataclass(frozen=True)
+class CompressionReport:
+    model: str
+    original: ModelStats
+    compressed: ModelStats
+    stages: tuple[StageReport, ...]
+    latencies: tuple[BackendLatency, ...] = ()
+    task_metric: dict[str, dict[str, float]] | None = None  # {"original": {...}, "compressed": {...}}
+
+    def gem_rows(self) -> list[dict[str, float | str]]:
+        rows = []
+        for key in _GEM:
+            a, a_star = getattr(self.original, key), getattr(self.compressed, key)
+            rows.append({
+                "metric": key,
+                "original": a,
+                "compressed": a_star,
+                "compression_rate": ratio(a, a_star),
+                "index_space_saving": (a - a_star) / a_star if a_star else math.inf,
+            })
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "task_metric": self.task_metric,
+            "gem": self.gem_rows(),
+            "size_by_dtype": {"original": self.original.size_by_dtype,
+                              "compressed": self.compressed.size_by_dtype},
+            "latency": [{**asdict(lat), "speedup": lat.speedup} for lat in self.latencies],
+            "stages": [asdict(s) for s in self.stages],
+        }
+
+    # ---- writers ---------------------------------------------------------------------------
+    def write(self, folder: Path) -> list[Path]:
+        """Write report.json, report.md and report.png into ``folder``; returns the paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        json_path = folder / "report.json"
+        json_path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
+        plot_path = folder / "report.png"
+        self._plot(plot_path)
+        md_path = folder / "report.md"
+        md_path.write_text(self.markdown(plot_name=plot_path.name))
+        return [json_path, md_path, plot_path]
+
+    def markdown(self, *, plot_name: str | None = None) -> str:
+        lines = [f"# graphopt report: {self.model}", ""]
+        if self.task_metric:
+            lines += ["## Task metric (TRM)", "", "| metric | original | compressed | change |",
+                      "|---|---:|---:|---:|"]
+            for name, value in self.task_metric["original"].items():
+                new = self.task_metric["compressed"].get(name, math.nan)
+                lines.append(f"| {name} | {value:.4f} | {new:.4f} | {new - value:+.4f} |")
+            lines.append("")
+        lines += ["## Efficiency (GEM)", "",
+                  "| metric | original | compressed | a/a* | (a−a*)/a* |", "|---|---:|---:|---:|---:|"]
+        for row in self.gem_rows():
+            lines.append(f"| {row['metric']} | {_human(row['original'])} | "
+                         f"{_human(row['compressed'])} | {row['compression_rate']:.3f} | "
+                         f"{row['index_space_saving']:.3f} |")
+        if self.latencies:
+            lines += ["", "## Latency (DM), interleaved in one run", "",
+                      "| backend | original ms | compressed ms | speed-up s/s* | p90 orig / comp | "
+                      "max rel diff | notes |", "|---|---:|---:|---:|---:|---:|---|"]
+            for lat in self.latencies:
+                notes = ", ".join(f"{k}={v}" for k, v in lat.info.items()
+                                  if k in ("tuned", "trials", "exporter", "note"))
+                lines.append(f"| {lat.backend} | {lat.original_ms:.3f} | {lat.compressed_ms:.3f} | "
+                             f"{lat.speedup:.3f} | {lat.original_p90_ms:.3f} / "
+                             f"{lat.compressed_p90_ms:.3f} | {lat.max_rel_diff:.2e} | {notes} |")
+        lines += ["", "## Stages", "",
+                  "| stage | exact | modified | time s | params | MACs | size | rel. error | notes |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for s in self.stages:
+            lines.append(f"| {s.name} | {s.exact} | {s.modified} | {s.seconds:.2f} | "
+                         f"{_human(s.params)} | {_human(s.macs)} | {_human(s.size_bytes)}B | "
+                         f"{s.relative_error:.2e} | {_stage_notes(s)} |")
+        if plot_name:
+            lines += ["", f"![latency and size per stage]({plot_name})"]
+        return "\n".join(lines) + "\n"
+
+    def print(self, console: Any | None = None) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        gem = Table(title=f"graphopt: {self.model}")
+        for col in ("metric", "original", "compressed", "a/a*", "(a−a*)/a*"):
+            gem.add_column(col, justify="left" if col == "metric" else "right")
+        if self.task_metric:
+            for name, value in self.task_metric["original"].items():
+                new = self.task_metric["compressed"].get(name, math.nan)
+                gem.add_row(f"TRM {name}", f"{value:.4f}", f"{new:.4f}", "", f"{new - value:+.4f}")
+        for row in self.gem_rows():
+            gem.add_row(str(row["metric"]), _human(row["original"]), _human(row["compressed"]),
+                        f"{row['compression_rate']:.3f}", f"{row['index_space_saving']:.3f}")
+        for lat in self.latencies:
+            tuned = lat.info.get("tuned")
+            label = f"latency {lat.backend}" + ("" if tuned is None else
+                                                 (" (tuned)" if tuned else " (untuned)"))
+            gem.add_row(label, f"{lat.original_ms:.3f} ms", f"{lat.compressed_ms:.3f} ms",
+                        f"s/s* {lat.speedup:.3f}", "")
+        console.print(gem)
+        stages = Table(title="stages")
+        for col in ("stage", "modified", "time s", "params", "MACs", "rel. error", "notes"):
+            stages.add_column(col)
+        for s in self.stages:
+            stages.add_row(s.name, str(s.modified), f"{s.seconds:.2f}", _human(s.params),
+                           _human(s.macs), f"{s.relative_error:.2e}", _stage_notes(s))
+        console.print(stages)
+
+    def _plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_size, ax_lat) = plt.subplots(1, 2, figsize=(11, 4))
+        names = [s.name for s in self.stages]
+        ax_size.bar(names, [s.size_bytes / 1e6 for s in self.stages], color="#4c72b0")
+        ax_size.set_ylabel("model size (MB)")
+        ax_macs = ax_size.twinx()
+        ax_macs.plot(names, [s.macs / 1e6 for s in self.stages], "o-", color="#dd8452")
+        ax_macs.set_ylabel("MMACs")
+        ax_size.set_title("size and MACs per stage")
+        ax_size.tick_params(axis="x", rotation=30)
+        if self.latencies:
+            backends = [lat.backend for lat in self.latencies]
+            xs = range(len(backends))
+            ax_lat.bar([x - 0.2 for x in xs], [lat.original_ms for lat in self.latencies], 0.4,
+                       label="original")
+            ax_lat.bar([x + 0.2 for x in xs], [lat.compressed_ms for lat in self.latencies], 0.4,
+                       label="compressed")
+            ax_lat.set_xticks(list(xs), backends)
+            ax_lat.legend()
+        ax_lat.set_ylabel("median latency (ms)")
+        ax_lat.set_title("latency per backend")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def _stage_notes(stage: StageReport) -> str:
+    simple = {k: v for k, v in stage.stats.items() if isinstance(v, (int, float, str))}
+    notes = ", ".join(f"{k}={v}" for k, v in simple.items())
+    refused = stage.stats.get("refused") or []
+    if refused:
+        notes += f"{', ' if notes else ''}refused {len(refused)}: " + "; ".join(
+            f"{r['node']} ({r['reason']})" for r in refused[:3]) + ("…" if len(refused) > 3 else "")
+    return notes
+
+
+def _human(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}"
+    return f"{value:g}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
