@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import linecache
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -22,7 +23,7 @@ from torch.fx import GraphModule
 
 from graphopt.errors import CaptureError
 
-__all__ = ["as_input_tuple", "dynamic_batch_shapes", "trace"]
+__all__ = ["as_input_tuple", "dynamic_batch_shapes", "export_program", "trace"]
 
 _TORCH_DIR_MARKERS = ("/torch/", "/site-packages/torch", "/graphopt/capture.py")
 
@@ -61,21 +62,35 @@ def trace(
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     model_copy = copy.deepcopy(model)
-    dynamic_shapes = None
-    if dynamic_batch:
-        inputs = tuple(_at_least_batch_two(t) for t in inputs)
-        dynamic_shapes = dynamic_batch_shapes(inputs)
     with _module_call_stack(model_copy) as stack:
         try:
-            program = torch.export.export(
-                model_copy, inputs, dynamic_shapes=dynamic_shapes, strict=False
-            )
+            program = export_program(model_copy, inputs, dynamic_batch=dynamic_batch)
         except Exception as exc:
             raise CaptureError(_explain_failure(model_copy, exc, stack)) from exc
+    if dynamic_batch:
+        inputs = tuple(_at_least_batch_two(t) for t in inputs)
     graph_module = program.module()
     graph_module.meta["graphopt_example_inputs"] = tuple(t.detach().clone() for t in inputs)
     graph_module.meta["graphopt_source_class"] = type(model).__name__
     return graph_module
+
+
+def export_program(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], *, dynamic_batch: bool = True
+) -> torch.export.ExportedProgram:
+    """``torch.export`` (non-strict) with dimension 0 of every input dynamic when possible.
+
+    ``Dim.AUTO`` lets export keep the batch static where the model specialises it instead of
+    failing; a batch of 1 is repeated to 2 because export always specialises size-1 dims.
+    Used for capture and to re-export a rewritten graph (saving, backends).
+    """
+    dynamic_shapes = None
+    if dynamic_batch:
+        inputs = tuple(_at_least_batch_two(t) for t in inputs)
+        dynamic_shapes = dynamic_batch_shapes(inputs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes, strict=False)
 
 
 def dynamic_batch_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict | None, ...]:

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,7 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch-internal deprecations
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -30,9 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = str(exc)
         first, _, rest = text.partition("\n")
         print(f"graphopt: error: {first}", file=sys.stderr)
-        if rest and os.environ.get("GRAPHOPT_DEBUG"):
-            print(rest, file=sys.stderr)
-        elif rest and "Traceback" in rest:  # the user's own code failed: show its traceback once
+        if (rest and os.environ.get("GRAPHOPT_DEBUG")) or (rest and "Traceback" in rest):
             print(rest, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -84,16 +84,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _status(console) as say:
         say(f"loading {recipe.model}")
         model, inputs = load_model(recipe.model, input_shape=recipe.input_shape, seed=recipe.seed)
-        run = compress(model, inputs, recipe.build_passes(), backends=recipe.build_backends(),
-                       evaluate=evaluate, warmup=recipe.warmup, runs=recipe.runs,
-                       name=recipe.model, progress=say)
+        run = compress(
+            model,
+            inputs,
+            recipe.build_passes(),
+            backends=recipe.build_backends(),
+            evaluate=evaluate,
+            warmup=recipe.warmup,
+            runs=recipe.runs,
+            name=recipe.model,
+            progress=say,
+        )
         with _atomic_folder(output) as folder:
             say("saving the compressed model and the report")
             _save_model(run.compressed, run.example_inputs, folder)
             written = run.report.write(folder)
     run.report.print(Console())
-    print(f"wrote {', '.join(str(output / p.name) for p in written)}, "
-          f"{output / 'model.pt2'}, {output / 'model.onnx'}")
+    print(
+        f"wrote {', '.join(str(output / p.name) for p in written)}, "
+        f"{output / 'model.pt2'}, {output / 'model.onnx'}"
+    )
     return 0
 
 
@@ -113,12 +123,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for col in ("node", "op", "module", "output shape", "MACs", "params"):
         table.add_column(col)
     for node in sorted(stats.nodes, key=lambda n: n.macs, reverse=True)[: args.top]:
-        table.add_row(node.name, node.op, node.module, str(node.output_shape), f"{node.macs:,}",
-                      f"{node.params:,}")
+        table.add_row(
+            node.name,
+            node.op,
+            node.module,
+            str(node.output_shape),
+            f"{node.macs:,}",
+            f"{node.params:,}",
+        )
     console = Console()
     console.print(table)
-    console.print(f"params {stats.params:,}  MACs {stats.macs:,}  size {stats.size_bytes:,} B "
-                  f"{stats.size_by_dtype}  peak activations {stats.peak_activation_bytes:,} B")
+    console.print(
+        f"params {stats.params:,}  MACs {stats.macs:,}  size {stats.size_bytes:,} B "
+        f"{stats.size_by_dtype}  peak activations {stats.peak_activation_bytes:,} B"
+    )
     return 0
 
 
@@ -136,7 +154,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise RecipeError("--backend needs at least one backend name")
     backends = [get_backend("torch")] + [
         get_backend(n, trials=args.tvm_trials) if n == "tvm" else get_backend(n)
-        for n in names if n != "torch"
+        for n in names
+        if n != "torch"
     ]
     model, inputs = load_model(args.model, input_shape=args.input_shape)
     console = Console(stderr=True)
@@ -150,8 +169,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         table.add_column(col)
     for name, res in comparison.results.items():
         notes = ", ".join(f"{k}={v}" for k, v in res.info.items() if k in ("tuned", "trials"))
-        table.add_row(name, f"{res.latency.median_ms:.3f}", f"{res.latency.p90_ms:.3f}",
-                      f"{comparison.speedups[name]:.2f}", f"{res.max_rel_diff:.1e}", notes)
+        table.add_row(
+            name,
+            f"{res.latency.median_ms:.3f}",
+            f"{res.latency.p90_ms:.3f}",
+            f"{comparison.speedups[name]:.2f}",
+            f"{res.max_rel_diff:.1e}",
+            notes,
+        )
     Console().print(table)
     return 0
 
@@ -184,6 +209,7 @@ def _atomic_folder(target: Path) -> Iterator[Path]:
         yield tmp
         if target.exists():
             shutil.rmtree(target)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
         tmp.rename(target)
     finally:
         if tmp.exists():
@@ -195,11 +221,9 @@ def _save_model(gm: object, inputs: tuple, folder: Path) -> None:
     import torch
 
     from graphopt.backends import get_backend
-    from graphopt.capture import dynamic_batch_shapes
+    from graphopt.capture import export_program
 
-    program = torch.export.export(gm, inputs, dynamic_shapes=dynamic_batch_shapes(inputs),
-                                  strict=False)
-    torch.export.save(program, folder / "model.pt2")
+    torch.export.save(export_program(gm, inputs), folder / "model.pt2")
     get_backend("onnxruntime", onnx_path=folder / "model.onnx").compile(gm, inputs)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ __all__ = ["load_callable", "load_model", "parse_shape"]
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"1,3,224,224"`` / ``"1x3x224x224"`` / ``[1, 3, 224, 224]`` → ``(1, 3, 224, 224)``."""
     if isinstance(text, str):
-        parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+        parts = re.split(r"\s*[,x]\s*", text.strip())  # an empty part (e.g. "1,3,") is an error
     elif isinstance(text, Sequence):
         parts = list(text)
     else:
@@ -67,10 +68,8 @@ def load_model(
     try:
         produced = factory()
     except Exception as exc:
-        raise RecipeError(
-            f"model factory {spec!r} raised {type(exc).__name__}: {exc}"
-        ) from exc
-    model, inputs = (produced if isinstance(produced, tuple) else (produced, None))
+        raise RecipeError(f"model factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    model, inputs = produced if isinstance(produced, tuple) else (produced, None)
     if not isinstance(model, nn.Module):
         raise RecipeError(f"model factory {spec!r} returned {type(model).__name__}, not nn.Module")
     if shape is not None:

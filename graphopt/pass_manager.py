@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +79,9 @@ class PassManager:
         """Run the pipeline. ``gm`` itself is never modified: the manager works on a copy."""
         inputs = as_input_tuple(example_inputs)
         ctx = context or PassContext(example_inputs=inputs)
-        current = copy.deepcopy(gm)
+        with warnings.catch_warnings():  # torch's pytree deprecation noise on deepcopy
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            current = copy.deepcopy(gm)
         reference = _outputs(current, inputs)
         stages = [_stage("capture", True, False, 0.0, current, 0.0, {})]
         for p in self.passes:

@@ -17,11 +17,11 @@ Everything is validated when loaded, so a typo fails before any work starts.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 from graphopt.backends import get_backend
@@ -83,7 +83,9 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
         raise RecipeError("a recipe must be a mapping with at least a 'model' key")
     unknown = sorted(set(data) - _KEYS)
     if unknown:
-        raise RecipeError(f"unknown recipe key {unknown[0]!r}; known keys: {', '.join(sorted(_KEYS))}")
+        raise RecipeError(
+            f"unknown recipe key {unknown[0]!r}; known keys: {', '.join(sorted(_KEYS))}"
+        )
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise RecipeError("recipe key 'model' must be a zoo name or package.module:factory")
@@ -126,7 +128,7 @@ def _steps(items: Any, key: str) -> tuple[StepSpec, ...]:
         if isinstance(item, str):
             steps.append(StepSpec(item))
         elif isinstance(item, dict) and len(item) == 1:
-            (name, options), = item.items()
+            ((name, options),) = item.items()
             if options is not None and not isinstance(options, dict):
                 raise RecipeError(f"options of {key} entry {name!r} must be a mapping")
             steps.append(StepSpec(str(name), dict(options or {})))

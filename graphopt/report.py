@@ -53,19 +53,23 @@ class CompressionReport:
     compressed: ModelStats
     stages: tuple[StageReport, ...]
     latencies: tuple[BackendLatency, ...] = ()
-    task_metric: dict[str, dict[str, float]] | None = None  # {"original": {...}, "compressed": {...}}
+    task_metric: dict[str, dict[str, float]] | None = (
+        None  # {"original": {...}, "compressed": {...}}
+    )
 
     def gem_rows(self) -> list[dict[str, float | str]]:
         rows = []
         for key in _GEM:
             a, a_star = getattr(self.original, key), getattr(self.compressed, key)
-            rows.append({
-                "metric": key,
-                "original": a,
-                "compressed": a_star,
-                "compression_rate": ratio(a, a_star),
-                "index_space_saving": (a - a_star) / a_star if a_star else math.inf,
-            })
+            rows.append(
+                {
+                    "metric": key,
+                    "original": a,
+                    "compressed": a_star,
+                    "compression_rate": ratio(a, a_star),
+                    "index_space_saving": (a - a_star) / a_star if a_star else math.inf,
+                }
+            )
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,8 +77,10 @@ class CompressionReport:
             "model": self.model,
             "task_metric": self.task_metric,
             "gem": self.gem_rows(),
-            "size_by_dtype": {"original": self.original.size_by_dtype,
-                              "compressed": self.compressed.size_by_dtype},
+            "size_by_dtype": {
+                "original": self.original.size_by_dtype,
+                "compressed": self.compressed.size_by_dtype,
+            },
             "latency": [{**asdict(lat), "speedup": lat.speedup} for lat in self.latencies],
             "stages": [asdict(s) for s in self.stages],
         }
@@ -94,35 +100,61 @@ class CompressionReport:
     def markdown(self, *, plot_name: str | None = None) -> str:
         lines = [f"# graphopt report: {self.model}", ""]
         if self.task_metric:
-            lines += ["## Task metric (TRM)", "", "| metric | original | compressed | change |",
-                      "|---|---:|---:|---:|"]
+            lines += [
+                "## Task metric (TRM)",
+                "",
+                "| metric | original | compressed | change |",
+                "|---|---:|---:|---:|",
+            ]
             for name, value in self.task_metric["original"].items():
                 new = self.task_metric["compressed"].get(name, math.nan)
                 lines.append(f"| {name} | {value:.4f} | {new:.4f} | {new - value:+.4f} |")
             lines.append("")
-        lines += ["## Efficiency (GEM)", "",
-                  "| metric | original | compressed | a/a* | (a−a*)/a* |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            "## Efficiency (GEM)",
+            "",
+            "| metric | original | compressed | a/a* | (a−a*)/a* |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for row in self.gem_rows():
-            lines.append(f"| {row['metric']} | {_human(row['original'])} | "
-                         f"{_human(row['compressed'])} | {row['compression_rate']:.3f} | "
-                         f"{row['index_space_saving']:.3f} |")
+            lines.append(
+                f"| {row['metric']} | {_human(row['original'])} | "
+                f"{_human(row['compressed'])} | {row['compression_rate']:.3f} | "
+                f"{row['index_space_saving']:.3f} |"
+            )
         if self.latencies:
-            lines += ["", "## Latency (DM), interleaved in one run", "",
-                      "| backend | original ms | compressed ms | speed-up s/s* | p90 orig / comp | "
-                      "max rel diff | notes |", "|---|---:|---:|---:|---:|---:|---|"]
+            lines += [
+                "",
+                "## Latency (DM), interleaved in one run",
+                "",
+                "| backend | original ms | compressed ms | speed-up s/s* | p90 orig / comp | "
+                "max rel diff | notes |",
+                "|---|---:|---:|---:|---:|---:|---|",
+            ]
             for lat in self.latencies:
-                notes = ", ".join(f"{k}={v}" for k, v in lat.info.items()
-                                  if k in ("tuned", "trials", "exporter", "note"))
-                lines.append(f"| {lat.backend} | {lat.original_ms:.3f} | {lat.compressed_ms:.3f} | "
-                             f"{lat.speedup:.3f} | {lat.original_p90_ms:.3f} / "
-                             f"{lat.compressed_p90_ms:.3f} | {lat.max_rel_diff:.2e} | {notes} |")
-        lines += ["", "## Stages", "",
-                  "| stage | exact | modified | time s | params | MACs | size | rel. error | notes |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+                notes = ", ".join(
+                    f"{k}={v}"
+                    for k, v in lat.info.items()
+                    if k in ("tuned", "trials", "exporter", "note")
+                )
+                lines.append(
+                    f"| {lat.backend} | {lat.original_ms:.3f} | {lat.compressed_ms:.3f} | "
+                    f"{lat.speedup:.3f} | {lat.original_p90_ms:.3f} / "
+                    f"{lat.compressed_p90_ms:.3f} | {lat.max_rel_diff:.2e} | {notes} |"
+                )
+        lines += [
+            "",
+            "## Stages",
+            "",
+            "| stage | exact | modified | time s | params | MACs | size | rel. error | notes |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
         for s in self.stages:
-            lines.append(f"| {s.name} | {s.exact} | {s.modified} | {s.seconds:.2f} | "
-                         f"{_human(s.params)} | {_human(s.macs)} | {_human(s.size_bytes)}B | "
-                         f"{s.relative_error:.2e} | {_stage_notes(s)} |")
+            lines.append(
+                f"| {s.name} | {s.exact} | {s.modified} | {s.seconds:.2f} | "
+                f"{_human(s.params)} | {_human(s.macs)} | {_human(s.size_bytes)}B | "
+                f"{s.relative_error:.2e} | {_stage_notes(s)} |"
+            )
         if plot_name:
             lines += ["", f"![latency and size per stage]({plot_name})"]
         return "\n".join(lines) + "\n"
@@ -140,21 +172,39 @@ class CompressionReport:
                 new = self.task_metric["compressed"].get(name, math.nan)
                 gem.add_row(f"TRM {name}", f"{value:.4f}", f"{new:.4f}", "", f"{new - value:+.4f}")
         for row in self.gem_rows():
-            gem.add_row(str(row["metric"]), _human(row["original"]), _human(row["compressed"]),
-                        f"{row['compression_rate']:.3f}", f"{row['index_space_saving']:.3f}")
+            gem.add_row(
+                str(row["metric"]),
+                _human(row["original"]),
+                _human(row["compressed"]),
+                f"{row['compression_rate']:.3f}",
+                f"{row['index_space_saving']:.3f}",
+            )
         for lat in self.latencies:
             tuned = lat.info.get("tuned")
-            label = f"latency {lat.backend}" + ("" if tuned is None else
-                                                 (" (tuned)" if tuned else " (untuned)"))
-            gem.add_row(label, f"{lat.original_ms:.3f} ms", f"{lat.compressed_ms:.3f} ms",
-                        f"s/s* {lat.speedup:.3f}", "")
+            label = f"latency {lat.backend}" + (
+                "" if tuned is None else (" (tuned)" if tuned else " (untuned)")
+            )
+            gem.add_row(
+                label,
+                f"{lat.original_ms:.3f} ms",
+                f"{lat.compressed_ms:.3f} ms",
+                f"s/s* {lat.speedup:.3f}",
+                "",
+            )
         console.print(gem)
         stages = Table(title="stages")
         for col in ("stage", "modified", "time s", "params", "MACs", "rel. error", "notes"):
             stages.add_column(col)
         for s in self.stages:
-            stages.add_row(s.name, str(s.modified), f"{s.seconds:.2f}", _human(s.params),
-                           _human(s.macs), f"{s.relative_error:.2e}", _stage_notes(s))
+            stages.add_row(
+                s.name,
+                str(s.modified),
+                f"{s.seconds:.2f}",
+                _human(s.params),
+                _human(s.macs),
+                f"{s.relative_error:.2e}",
+                _stage_notes(s),
+            )
         console.print(stages)
 
     def _plot(self, path: Path) -> None:
@@ -170,15 +220,24 @@ class CompressionReport:
         ax_macs = ax_size.twinx()
         ax_macs.plot(names, [s.macs / 1e6 for s in self.stages], "o-", color="#dd8452")
         ax_macs.set_ylabel("MMACs")
+        ax_macs.set_ylim(bottom=0)
         ax_size.set_title("size and MACs per stage")
         ax_size.tick_params(axis="x", rotation=30)
         if self.latencies:
             backends = [lat.backend for lat in self.latencies]
             xs = range(len(backends))
-            ax_lat.bar([x - 0.2 for x in xs], [lat.original_ms for lat in self.latencies], 0.4,
-                       label="original")
-            ax_lat.bar([x + 0.2 for x in xs], [lat.compressed_ms for lat in self.latencies], 0.4,
-                       label="compressed")
+            ax_lat.bar(
+                [x - 0.2 for x in xs],
+                [lat.original_ms for lat in self.latencies],
+                0.4,
+                label="original",
+            )
+            ax_lat.bar(
+                [x + 0.2 for x in xs],
+                [lat.compressed_ms for lat in self.latencies],
+                0.4,
+                label="compressed",
+            )
             ax_lat.set_xticks(list(xs), backends)
             ax_lat.legend()
         ax_lat.set_ylabel("median latency (ms)")
@@ -193,8 +252,11 @@ def _stage_notes(stage: StageReport) -> str:
     notes = ", ".join(f"{k}={v}" for k, v in simple.items())
     refused = stage.stats.get("refused") or []
     if refused:
-        notes += f"{', ' if notes else ''}refused {len(refused)}: " + "; ".join(
-            f"{r['node']} ({r['reason']})" for r in refused[:3]) + ("…" if len(refused) > 3 else "")
+        notes += (
+            f"{', ' if notes else ''}refused {len(refused)}: "
+            + "; ".join(f"{r['node']} ({r['reason']})" for r in refused[:3])
+            + ("…" if len(refused) > 3 else "")
+        )
     return notes
 
 

@@ -59,13 +59,16 @@ def compress(
     latencies = []
     for backend in backends:
         say(f"compiling and timing on {backend.name}")
-        latencies.append(measure_pair(backend, original, compressed, inputs, warmup=warmup,
-                                      runs=runs))
+        latencies.append(
+            measure_pair(backend, original, compressed, inputs, warmup=warmup, runs=runs)
+        )
     task_metric = None
     if evaluate is not None:
         say("evaluating the task metric")
-        task_metric = {"original": evaluate_metric(evaluate, original),
-                       "compressed": evaluate_metric(evaluate, compressed)}
+        task_metric = {
+            "original": evaluate_metric(evaluate, original),
+            "compressed": evaluate_metric(evaluate, compressed),
+        }
     report = CompressionReport(
         model=name or type(model).__name__,
         original=analyze(original),
@@ -110,7 +113,9 @@ def evaluate_metric(evaluate: EvalFn, model: nn.Module) -> dict[str, float]:
         value: Any = evaluate(model)
     except Exception as exc:
         tb = "".join(traceback.format_exception(exc)).rstrip()
-        raise GraphoptError(f"the evaluation function raised {type(exc).__name__}: {exc}\n{tb}") from exc
+        raise GraphoptError(
+            f"the evaluation function raised {type(exc).__name__}: {exc}\n{tb}"
+        ) from exc
     if isinstance(value, dict):
         return {str(k): float(v) for k, v in value.items()}
     return {"metric": float(value)}
