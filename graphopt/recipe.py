@@ -17,11 +17,11 @@ Everything is validated when loaded, so a typo fails before any work starts.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 
 from graphopt.backends import get_backend
@@ -68,10 +68,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"recipe file {str(path)!r} does not exist")
     text = path.read_text()
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise RecipeError(f"recipe {str(path)!r} is not valid YAML/TOML: {first}") from exc

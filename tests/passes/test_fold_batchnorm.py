@@ -129,3 +129,39 @@ def test_folded_graph_stays_trainable() -> None:
     gm(x).square().mean().backward()
     grads = [p.grad for p in gm.parameters()]
     assert len(grads) == 2 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "expect_folded"),
+    [
+        ("resnet18", (1, 3, 32, 32), 20),
+        ("resnet50", (1, 3, 32, 32), 53),
+        ("mobilenet_v2", (1, 3, 32, 32), 52),
+        ("vgg11_bn", (1, 3, 32, 32), 8),
+        ("densenet_tiny", (1, 3, 32, 32), None),
+        ("transformer", (1, 16), 0),
+    ],
+)
+def test_zoo_models_fold_exactly(name: str, shape: tuple, expect_folded: int | None) -> None:
+    from graphopt.zoo import get_model
+
+    model, (x,) = get_model(name, input_shape=shape)
+    _, result = fold(model, x)
+    stage = result.stages[-1]
+    if expect_folded is not None:
+        assert stage.stats["folded"] == expect_folded
+    folded_all = stage.stats["folded"] + len(stage.stats["refused"])
+    assert folded_all == count_op(trace(model, x), aten.batch_norm)
+    assert count_op(result.graph_module, aten.batch_norm) == len(stage.stats["refused"])
+    assert stage.relative_error <= 1e-5
+    assert max_rel_diff(model(x), result.graph_module(x)) <= 1e-5
+
+
+def test_densenet_preactivation_bn_is_refused_with_reason() -> None:
+    from graphopt.zoo import get_model
+
+    model, (x,) = get_model("densenet_tiny")
+    _, result = fold(model, x)
+    refused = result.stages[-1].stats["refused"]
+    assert refused, "pre-activation BN follows a concat, not a conv: it must stay"
+    assert all(r["reason"] for r in refused)
