@@ -1,0 +1,102 @@
+"""Backends by name: ``get_backend("onnxruntime", opset=18)`` for recipes and the CLI.
+
+Each entry imports its backend class only when asked for, so importing this package never
+imports onnxruntime or tvm (nor their graphopt modules). Options are the backend's keyword
+arguments; an unknown one is refused here, by name, before the backend is built, so a typo
+in a recipe fails at load time rather than being silently ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from graphopt.backends.base import Backend
+from graphopt.errors import BackendUnavailableError, RecipeError
+
+__all__ = ["available_backends", "get_backend", "known_backends"]
+
+
+def _torch() -> type:
+    from graphopt.backends.torch_eager import TorchEagerBackend
+
+    return TorchEagerBackend
+
+
+def _onnxruntime() -> type:
+    from graphopt.backends.onnxruntime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend
+
+
+def _tvm() -> type:
+    try:
+        module = importlib.import_module("graphopt.backends.tvm")
+    except ModuleNotFoundError as exc:
+        if exc.name != "graphopt.backends.tvm":
+            raise
+        raise BackendUnavailableError(
+            "the tvm backend is not part of this graphopt build (graphopt/backends/tvm.py is "
+            "missing); use 'torch' or 'onnxruntime'"
+        ) from exc
+    return module.TVMBackend
+
+
+# name -> (loader of the backend class, the Python module its runtime needs)
+_BACKENDS: dict[str, tuple[Callable[[], type], str | None]] = {
+    "torch": (_torch, None),
+    "onnxruntime": (_onnxruntime, "onnxruntime"),
+    "tvm": (_tvm, "tvm"),
+}
+_ALIASES = {"ort": "onnxruntime"}
+
+
+def known_backends() -> list[str]:
+    """Every name ``get_backend`` accepts, aliases included."""
+    return sorted([*_BACKENDS, *_ALIASES])
+
+
+def available_backends() -> list[str]:
+    """The canonical backend names whose runtime is installed (checked without importing it)."""
+    names = []
+    for name, (_, runtime) in _BACKENDS.items():
+        if runtime is None or importlib.util.find_spec(runtime) is not None:
+            if name == "tvm" and importlib.util.find_spec("graphopt.backends.tvm") is None:
+                continue
+            names.append(name)
+    return names
+
+
+def get_backend(name: str, **options: Any) -> Backend:
+    """Build backend ``name`` (or an alias, e.g. ``ort``) with keyword ``options``."""
+    if not isinstance(name, str):
+        raise RecipeError(f"a backend name must be a string, got {type(name).__name__}")
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in _BACKENDS:
+        raise RecipeError(
+            f"unknown backend {name!r}; known backends: {', '.join(known_backends())}"
+        )
+    cls = _BACKENDS[key][0]()
+    _check_options(key, cls, options)
+    return cls(**options)
+
+
+def _check_options(name: str, cls: type, options: dict[str, Any]) -> None:
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [
+        p.name
+        for p in parameters.values()
+        if p.name != "self"
+        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise RecipeError(
+            f"backend {name!r} has no option(s) {', '.join(unknown)}; its options are "
+            f"{', '.join(accepted) or 'none'}"
+        )

@@ -22,6 +22,8 @@ __all__ = [
     "Backend",
     "CompiledModel",
     "LatencyStats",
+    "describe_model",
+    "flat_torch_outputs",
     "max_abs_diff",
     "measure_interleaved",
     "to_numpy_inputs",
@@ -135,3 +137,15 @@ def max_abs_diff(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) 
                 worst, float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64))))
             )
     return worst
+
+
+def describe_model(model: nn.Module) -> str:
+    """A model's name for messages: ``GraphModule(ResNet)`` for a traced one, else its class.
+
+    ``ExportedProgram.module()`` returns an instance of a generated class, so the class name
+    alone would say nothing; ``trace`` records the source class in ``meta``.
+    """
+    if isinstance(model, torch.fx.GraphModule):
+        source = model.meta.get("graphopt_source_class")
+        return f"GraphModule({source})" if source else "GraphModule"
+    return type(model).__name__
