@@ -11,12 +11,14 @@ from graphopt.passes.base import (
     registered_passes,
 )
 from graphopt.passes.fold_batchnorm import FoldBatchNorm
+from graphopt.passes.prune_channels import PruneChannels
 
 __all__ = [
     "FoldBatchNorm",
     "Pass",
     "PassContext",
     "PassResult",
+    "PruneChannels",
     "Refusal",
     "describe_passes",
     "get_pass",

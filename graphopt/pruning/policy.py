@@ -1,0 +1,173 @@
+"""Pruning policy: how many units of each group to remove, and which ones.
+
+Which: always the lowest-scored prunable units of a group (frozen units never go).
+
+How many, per group of ``n`` units:
+
+- **ratio** ``r``: remove ``floor(r · n)`` units, then fewer if needed so that every layer
+  of the group keeps a multiple of ``round_to`` output channels, and at least
+  ``min_channels`` (a unit can span several channels: a head, a conv group).
+- **target MACs** ``t`` (fraction to keep): a global greedy search. Each group offers its next
+  *step*: the fewest further lowest-scored units whose removal leaves a valid count (multiple
+  of ``round_to``, ≥ ``min_channels``, ≥ 1 unit). Steps are ranked by the mean of their
+  units' scores after dividing each group's scores by the group's mean (so groups compare
+  on one scale); the cheapest step is taken until the MACs are at or below ``t`` × the
+  original. The overshoot is at most one step.
+
+MACs are predicted without rewriting the graph: a conv or linear costs
+``macs₀ · (kept out / out) · (kept in / in)``, a grouped conv ``macs₀ · kept out / out`` (its
+per-group inputs don't change), attention ``macs₀ · kept heads / heads``; other ops' MACs do
+not depend on pruned channels. This is exactly what ``graphopt.analysis.analyze`` counts on
+the pruned graph.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.fx import GraphModule
+
+from graphopt.analysis import analyze
+from graphopt.pruning.groups import PruningGroup
+
+__all__ = ["CostModel", "select_by_ratio", "select_for_macs", "valid_removals"]
+
+_SCALING_ROLES = ("out", "in", "heads")
+
+
+class CostModel:
+    """Predicts the MACs of ``gm`` after removing units, incrementally."""
+
+    def __init__(self, gm: GraphModule, groups: Sequence[PruningGroup]) -> None:
+        stats = analyze(gm)
+        self.params = stats.params
+        self.base = {s.name: s.macs for s in stats.nodes if s.macs}
+        self.size: dict[tuple[str, str], int] = {}
+        self.touch: dict[str, list[tuple[tuple[str, str], list[int]]]] = {}
+        for g in groups:
+            entries = []
+            for m in g.members:
+                if m.role in _SCALING_ROLES and m.node in self.base:
+                    self.size[(m.node, m.role)] = m.size
+                    entries.append(((m.node, m.role), [len(ix) for ix in m.indices]))
+            self.touch[g.id] = entries
+        self.removed = dict.fromkeys(self.size, 0)
+        self.node_macs = dict(self.base)
+        self.total = sum(self.base.values()) + 0.0
+        self.original = self.total
+
+    def remove(self, group_id: str, units: Sequence[int]) -> None:
+        """Account for removing ``units`` of a group (each at most once)."""
+        changed = set()
+        for key, counts in self.touch.get(group_id, ()):
+            self.removed[key] += sum(counts[u] for u in units)
+            changed.add(key[0])
+        for node in changed:
+            macs = float(self.base[node])
+            for role in _SCALING_ROLES:
+                key = (node, role)
+                if key in self.size:
+                    macs *= 1.0 - self.removed[key] / self.size[key]
+            self.total += macs - self.node_macs[node]
+            self.node_macs[node] = macs
+
+
+def valid_removals(group: PruningGroup, order: Sequence[int], round_to: int, min_channels: int):
+    """Removal counts ``r`` (of ``order``'s first units) that leave a valid group, ascending.
+
+    Valid: at least one unit stays, and every layer of the group whose output channels it
+    holds keeps a multiple of ``round_to`` channels, and at least ``min_channels``.
+    """
+    outs = [m for m in group.members if m.role == "out"] or list(group.members[:1])
+    kept = [sum(len(ix) for ix in m.indices) for m in outs]
+    valid = [0]
+    for r, unit in enumerate(order, start=1):
+        kept = [k - len(m.indices[unit]) for k, m in zip(kept, outs, strict=True)]
+        if r < group.num_units and all(k >= min_channels and k % round_to == 0 for k in kept):
+            valid.append(r)
+    return valid
+
+
+def _order(group: PruningGroup, scores: torch.Tensor) -> list[int]:
+    units = list(group.prunable_units)
+    return sorted(units, key=lambda u: (float(scores[u]), u))
+
+
+def select_by_ratio(
+    groups: Sequence[PruningGroup],
+    scores: Mapping[str, torch.Tensor],
+    ratio: float,
+    *,
+    round_to: int = 1,
+    min_channels: int = 1,
+) -> dict[str, tuple[int, ...]]:
+    """Per group, the ``floor(ratio · n)`` lowest-scored units (fewer to keep counts valid)."""
+    plan = {}
+    for g in groups:
+        order = _order(g, scores[g.id])
+        wanted = math.floor(ratio * g.num_units + 1e-9)
+        r = max(v for v in valid_removals(g, order, round_to, min_channels) if v <= wanted)
+        if r:
+            plan[g.id] = tuple(sorted(order[:r]))
+    return plan
+
+
+def select_for_macs(
+    groups: Sequence[PruningGroup],
+    scores: Mapping[str, torch.Tensor],
+    cost: CostModel,
+    target: float,
+    *,
+    round_to: int = 1,
+    min_channels: int = 1,
+) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """Greedy global removal until MACs ≤ ``target`` × original; (plan, target reached)."""
+    goal = target * cost.original
+    search = {
+        g.id: _Search.of(g, scores[g.id], k, round_to, min_channels) for k, g in enumerate(groups)
+    }
+    heap = [item for s in search.values() if (item := s.next_step()) is not None]
+    heapq.heapify(heap)
+    while cost.total > goal and heap:
+        _, _, gid = heapq.heappop(heap)
+        s = search[gid]
+        cost.remove(gid, s.order[s.steps[s.done] : s.steps[s.done + 1]])
+        s.done += 1
+        if (item := s.next_step()) is not None:
+            heapq.heappush(heap, item)
+    plan = {gid: s.removed() for gid, s in search.items() if s.done}
+    return plan, cost.total <= goal
+
+
+@dataclass
+class _Search:
+    """One group's state in the greedy search: removal order, valid counts, steps taken."""
+
+    gid: str
+    rank: int
+    order: list[int]
+    normalised: list[float]
+    steps: list[int]
+    done: int = 0
+
+    @classmethod
+    def of(cls, g: PruningGroup, scores: torch.Tensor, rank: int, round_to: int, mins: int):
+        order = _order(g, scores)
+        values = [float(scores[u]) for u in order]
+        scale = sum(values) / len(values) if values else 1.0
+        scale = scale if scale > 0 else 1.0
+        steps = valid_removals(g, order, round_to, mins)
+        return cls(g.id, rank, order, [v / scale for v in values], steps)
+
+    def next_step(self) -> tuple[float, int, str] | None:
+        if self.done + 1 >= len(self.steps):
+            return None
+        chunk = self.normalised[self.steps[self.done] : self.steps[self.done + 1]]
+        return (sum(chunk) / len(chunk), self.rank, self.gid)
+
+    def removed(self) -> tuple[int, ...]:
+        return tuple(sorted(self.order[: self.steps[self.done]]))

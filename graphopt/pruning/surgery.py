@@ -1,0 +1,176 @@
+"""Surgery: stateless functions that cut channels out of one node, and the dispatcher.
+
+Each function takes the GraphModule, one node and the sorted positions to *keep* along that
+node's channel dimension, and rewrites exactly that node: parameters are sliced (really
+smaller, not masked), and size constants that name the channel count are updated.
+
+=========  ===================================================================================
+role       rewrite
+=========  ===================================================================================
+out        conv/linear weight rows and bias; embedding weight columns
+in         conv/linear weight columns (dense convs only)
+norm       BatchNorm weight, bias, running mean and variance; LayerNorm weight, bias and
+           ``normalized_shape``; GroupNorm weight, bias and ``num_groups`` (whole groups go)
+groups     a grouped conv's ``groups``: kept input channels / input channels per group (its
+           weight's dim 1 is per group and does not change)
+shape      the size constant of a view/reshape/unflatten at the channel dim
+split      split/chunk → ``split_with_sizes`` with each chunk's kept count
+heads      nothing: attention reads the head count from q, k, v
+=========  ===================================================================================
+
+``apply_removals`` gathers, for every (node, role), the positions that the removed units of
+all groups own there and calls the matching function once. The caller recompiles and
+re-propagates shapes afterwards (the pass manager does, after every pass).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+
+import torch
+from torch.fx import GraphModule, Node
+
+from graphopt.ir import get_tensor, set_tensor
+from graphopt.pruning.groups import PruningGroup
+
+__all__ = [
+    "SURGERY",
+    "apply_removals",
+    "prune_groups_arg",
+    "prune_input_channels",
+    "prune_norm",
+    "prune_output_channels",
+    "resize_shape",
+    "resize_split",
+    "slice_attribute",
+]
+
+aten = torch.ops.aten
+Surgery = Callable[[GraphModule, Node, torch.Tensor, tuple[int, ...]], None]
+
+
+def slice_attribute(gm: GraphModule, attr: object, dim: int, keep: torch.Tensor) -> None:
+    """Replace the parameter/buffer behind ``get_attr`` node ``attr`` by its ``keep`` slice."""
+    tensor = get_tensor(gm, attr)
+    if tensor is None:
+        return
+    target = str(attr.target)
+    owner_path, _, leaf = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    is_parameter = leaf in owner._parameters
+    requires_grad = tensor.requires_grad
+    set_tensor(gm, target, tensor.index_select(dim, keep), parameter=is_parameter)
+    if is_parameter:
+        getattr(owner, leaf).requires_grad_(requires_grad)
+
+
+def prune_output_channels(gm: GraphModule, node: Node, keep: torch.Tensor, _d: tuple) -> None:
+    """Conv/linear: weight rows and bias; embedding: weight columns."""
+    if node.target.overloadpacket is aten.embedding:
+        slice_attribute(gm, node.args[0], 1, keep)
+        return
+    slice_attribute(gm, node.args[1], 0, keep)
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    slice_attribute(gm, bias, 0, keep)
+
+
+def prune_input_channels(gm: GraphModule, node: Node, keep: torch.Tensor, _d: tuple) -> None:
+    """Dense conv/linear: weight columns."""
+    slice_attribute(gm, node.args[1], 1, keep)
+
+
+def prune_norm(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """BatchNorm (4 tensors), LayerNorm (+ normalized_shape), GroupNorm (+ num_groups)."""
+    packet = node.target.overloadpacket
+    args = list(node.args)
+    if packet is aten.layer_norm:
+        tensors = args[2:4]
+        args[1] = [len(keep)]
+    elif packet is aten.group_norm:
+        tensors = args[2:4]
+        args[1] = len(keep) // detail[0]
+    else:
+        tensors = args[1:5]
+    for attr in tensors:
+        slice_attribute(gm, attr, 0, keep)
+    node.args = tuple(args)
+
+
+def prune_groups_arg(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """A grouped conv loses whole groups: ``groups`` = kept input channels / per group."""
+    index = 8 if node.target.overloadpacket is aten.convolution else 6
+    groups = len(keep) // detail[0]
+    if len(node.args) > index:
+        args = list(node.args)
+        args[index] = groups
+        node.args = tuple(args)
+    else:
+        node.kwargs = {**node.kwargs, "groups": groups}
+
+
+def resize_shape(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """The view/reshape/unflatten size constant at the channel dim becomes the kept count."""
+    index = 2 if node.target.overloadpacket is aten.unflatten else 1
+    args = list(node.args)
+    sizes = list(args[index])
+    sizes[detail[0]] = len(keep)
+    args[index] = sizes
+    node.args = tuple(args)
+
+
+def resize_split(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """Split/chunk along the channels becomes ``split_with_sizes`` of the kept counts."""
+    bounds, start = [], 0
+    for size in detail:
+        bounds.append((start, start + size))
+        start += size
+    sizes = [int(((keep >= lo) & (keep < hi)).sum()) for lo, hi in bounds]
+    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    node.target = aten.split_with_sizes.default
+    node.args, node.kwargs = (node.args[0], sizes, dim), {}
+
+
+def _nothing(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """Attention reads its head count from q, k and v."""
+
+
+SURGERY: dict[str, Surgery] = {
+    "out": prune_output_channels,
+    "in": prune_input_channels,
+    "norm": prune_norm,
+    "groups": prune_groups_arg,
+    "shape": resize_shape,
+    "split": resize_split,
+    "heads": _nothing,
+}
+
+
+def removed_positions(
+    groups: Iterable[PruningGroup], removals: Mapping[str, Collection[int]]
+) -> dict[tuple[str, str], tuple[int, tuple[int, ...], set[int]]]:
+    """(node, role) → (size, detail, positions owned by removed units of every group)."""
+    out: dict[tuple[str, str], tuple[int, tuple[int, ...], set[int]]] = {}
+    for group in groups:
+        units = removals.get(group.id, ())
+        if not units:
+            continue
+        for m in group.members:
+            _, _, positions = out.setdefault((m.node, m.role), (m.size, m.detail, set()))
+            for u in units:
+                positions.update(m.indices[u])
+    return out
+
+
+def apply_removals(
+    gm: GraphModule, groups: Iterable[PruningGroup], removals: Mapping[str, Collection[int]]
+) -> int:
+    """Remove the given units of each group from ``gm`` in place; returns nodes rewritten."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    rewritten = 0
+    for (name, role), (size, detail, positions) in removed_positions(groups, removals).items():
+        if not positions:
+            continue
+        keep = torch.tensor(sorted(set(range(size)) - positions), dtype=torch.long)
+        SURGERY[role](gm, nodes[name], keep, detail)
+        rewritten += 1
+    return rewritten

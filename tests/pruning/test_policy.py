@@ -1,0 +1,87 @@
+"""Policy: valid removal counts, ratio selection, the MAC cost model and the greedy search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphopt.analysis import analyze
+from graphopt.ir import propagate_shapes
+from graphopt.pruning import (
+    CostModel,
+    apply_removals,
+    compute_importance,
+    find_groups,
+    select_by_ratio,
+    select_for_macs,
+)
+from graphopt.pruning.groups import Member, PruningGroup
+from graphopt.pruning.policy import valid_removals
+from tests.pruning import models
+from tests.pruning.conftest import small_trace, zoo_trace
+
+
+def _group(units: int, width: int = 1, frozen: tuple[int, ...] = ()) -> PruningGroup:
+    indices = tuple(tuple(range(u * width, (u + 1) * width)) for u in range(units))
+    member = Member("conv", "conv", "aten.conv2d", "out", units * width, indices)
+    return PruningGroup("g", units, (width,) * units, (member,), frozen, ("x",) if frozen else ())
+
+
+def test_valid_removals_respect_round_to_min_channels_and_one_unit() -> None:
+    g = _group(24)
+    assert valid_removals(g, list(range(24)), 16, 1) == [0, 8]
+    assert valid_removals(g, list(range(24)), 8, 1) == [0, 8, 16]
+    assert valid_removals(g, list(range(24)), 1, 20) == [0, 1, 2, 3, 4]
+    assert valid_removals(_group(4), list(range(4)), 1, 1) == [0, 1, 2, 3]
+    heads = _group(4, width=32)  # a head is 32 channels: any head count is a multiple of 16
+    assert valid_removals(heads, list(range(4)), 16, 1) == [0, 1, 2, 3]
+
+
+def test_ratio_selects_the_lowest_scored_prunable_units() -> None:
+    g = _group(8, frozen=(0,))
+    scores = {"g": torch.tensor([0.0, 5, 1, 7, 2, 6, 3, 4], dtype=torch.float64)}
+    assert select_by_ratio([g], scores, 0.5) == {"g": (2, 4, 6, 7)}
+    assert select_by_ratio([g], scores, 0.5, round_to=4) == {"g": (2, 4, 6, 7)}
+    assert select_by_ratio([g], scores, 0.3, round_to=4) == {}
+    assert select_by_ratio([g], scores, 0.0) == {}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "transformer", "densenet_tiny"])
+def test_cost_model_predicts_the_macs_of_the_pruned_graph(name) -> None:
+    _, gm, inputs = zoo_trace(name)
+    groups = find_groups(gm)
+    scores, _ = compute_importance(gm, groups, "l1")
+    removals = select_by_ratio(groups, scores, 0.4)
+    cost = CostModel(gm, groups)
+    for gid, units in removals.items():
+        cost.remove(gid, units)
+    apply_removals(gm, groups, removals)
+    gm.recompile()
+    propagate_shapes(gm, inputs)
+    assert round(cost.total) == analyze(gm).macs
+
+
+def test_cost_model_on_grouped_convs_and_splits() -> None:
+    _, gm, inputs = small_trace(models.GroupedAndSplit)
+    groups = find_groups(gm)
+    removals = {"conv1": (1, 3), "left": (0, 5)}
+    cost = CostModel(gm, groups)
+    for gid, units in removals.items():
+        cost.remove(gid, units)
+    apply_removals(gm, groups, removals)
+    gm.recompile()
+    propagate_shapes(gm, inputs)
+    assert round(cost.total) == analyze(gm).macs
+
+
+def test_greedy_search_stops_at_the_target_and_reports_unreachable_ones() -> None:
+    _, gm, _ = zoo_trace("resnet18")
+    groups = find_groups(gm)
+    scores, _ = compute_importance(gm, groups, "l2")
+    cost = CostModel(gm, groups)
+    plan, reached = select_for_macs(groups, scores, cost, 0.6, round_to=8)
+    assert reached and 0.57 <= cost.total / cost.original <= 0.6
+    assert all(len(u) % 8 == 0 for u in plan.values())
+    cost = CostModel(gm, groups)
+    _, reached = select_for_macs(groups, scores, cost, 0.001, round_to=8, min_channels=8)
+    assert not reached
