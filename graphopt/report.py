@@ -203,7 +203,7 @@ class CompressionReport:
                 _human(s.params),
                 _human(s.macs),
                 f"{s.relative_error:.2e}",
-                _stage_notes(s),
+                _stage_notes(s, limit=3),
             )
         console.print(stages)
 
@@ -247,9 +247,10 @@ class CompressionReport:
         plt.close(fig)
 
 
-def _stage_notes(stage: StageReport) -> str:
-    simple = {k: v for k, v in stage.stats.items() if isinstance(v, (int, float, str))}
-    notes = ", ".join(f"{k}={v}" for k, v in simple.items())
+def _stage_notes(stage: StageReport, *, limit: int | None = None) -> str:
+    """The pass's scalar stats and its refusals; ``limit`` keeps the first few (terminal)."""
+    simple = [(k, v) for k, v in stage.stats.items() if isinstance(v, (int, float, str))]
+    notes = ", ".join(f"{k}={v}" for k, v in simple[:limit])
     refused = stage.stats.get("refused") or []
     if refused:
         notes += (
