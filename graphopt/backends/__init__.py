@@ -36,11 +36,14 @@ def _tvm() -> type:
     try:
         module = importlib.import_module("graphopt.backends.tvm")
     except ModuleNotFoundError as exc:
-        if exc.name != "graphopt.backends.tvm":
-            raise
+        if exc.name == "graphopt.backends.tvm":
+            raise BackendUnavailableError(
+                "the tvm backend is not part of this graphopt build (graphopt/backends/tvm.py "
+                "is missing); use 'torch' or 'onnxruntime'"
+            ) from exc
         raise BackendUnavailableError(
-            "the tvm backend is not part of this graphopt build (graphopt/backends/tvm.py is "
-            "missing); use 'torch' or 'onnxruntime'"
+            f"the tvm backend needs the module {exc.name!r}, which is not installed; install "
+            "it with `pip install 'graphopt[tvm]'`"
         ) from exc
     return module.TVMBackend
 

@@ -13,20 +13,23 @@ legacy TorchScript exporter. Measured on this project's inputs (torch 2.13, onnx
   dynamo exporter re-runs ``torch.export`` on the module, so it sees the current graph after any
   pass rewrote it and keeps the batch symbolic.
 - **Speed is a wash on CNNs** (ResNet-like: both 25 ORT nodes after fusion, legacy/dynamo
-  latency 0.998-0.999). On transformers the legacy graph was 5-10 % faster, but only because its
-  batch was static (fewer Shape/Slice/Concat nodes, Gemm instead of MatMul+Add); a dynamo export
-  with a static batch closes most of that gap. What remains at opset 18 is GELU: ONNX has no
-  Gelu op before opset 20 and ORT does not fuse the dynamo exporter's erf pattern into BiasGelu.
-  Opset 20 gets BiasGelu (-6 %) and opset 23 also emits the ONNX ``Attention`` op (-10 to -14 %
-  vs opset 18 on a 4-layer d=256 and a 2-layer d=128 transformer), so pass ``opset=23`` for
-  attention models. The default stays 18, the oldest opset the dynamo exporter emits natively:
-  its down-conversion to 17 produced an invalid ``Split`` (``num_outputs``) in our test.
+  latency 0.998-0.999 over three interleaved rounds). On transformers the legacy graph was 2-4 %
+  faster (4 layers, d=256, seq 128) and 10-12 % (2 layers, d=128, seq 32), but mostly because
+  its batch was baked in (no Shape/Slice/Concat chains, Gemm instead of MatMul+Add): a dynamo
+  export with a static batch closed about two thirds of the small model's gap. The rest at
+  opset 18 is GELU: ONNX has no Gelu op before opset 20 and ORT does not fuse the dynamo
+  exporter's erf pattern into BiasGelu. Opset 20 gets BiasGelu (5-9 % faster than 18) and opset
+  23 also emits the ONNX ``Attention`` op (9-14 % faster than 18; 48 instead of 82 ORT nodes on
+  the zoo transformer), so pass ``opset=23`` for attention models. The default stays 18, the
+  oldest opset the dynamo exporter emits natively: its down-conversion to 17 produced an
+  invalid ``Split`` (``num_outputs`` is an opset-18 attribute) that ORT refused to load.
 - Export takes longer (about 1.5-4 s vs 0.1-0.8 s for the legacy exporter), paid once.
 
 Runtime choice: ORT's intra-op threads spin after each call by default. In an interleaved
 benchmark those spinning threads steal the cores from whatever runs next: torch eager went from
-10.6 ms to 38.6 ms on a ResNet-like model when interleaved with a spinning ORT session (4.5 ms
-to 4.7 ms for ORT itself). So spinning is off unless ``allow_spinning=True``.
+10.6 ms to 38.6 ms on a ResNet-like model when interleaved with a spinning ORT session, and
+stayed at 10.7 ms beside a non-spinning one, which itself kept its 4.5-4.7 ms. So spinning is
+off unless ``allow_spinning=True`` (worth it only when ORT has the cores to itself).
 """
 
 from __future__ import annotations
@@ -325,6 +328,9 @@ def _optimized_graph_facts(optimized: Path) -> dict[str, Any]:
         graph = onnx.load(str(optimized), load_external_data=False).graph
     except Exception:  # the count is a nicety for the report, never a reason to fail
         return {}
+    finally:  # the session is built; the copy on disk would only double the model's footprint
+        for leftover in (optimized, optimized.with_name(optimized.name + ".data")):
+            leftover.unlink(missing_ok=True)
     ops = collections.Counter(node.op_type for node in graph.node)
     return {"ort_optimized_nodes": len(graph.node), "ort_op_counts": dict(ops.most_common())}
 
