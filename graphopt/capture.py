@@ -21,24 +21,32 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from graphopt.errors import CaptureError
+from graphopt.errors import CaptureError, GraphoptError
 
-__all__ = ["as_input_tuple", "dynamic_batch_shapes", "export_program", "trace"]
+__all__ = [
+    "as_input_tuple",
+    "at_least_batch_two",
+    "dynamic_batch_shapes",
+    "export_program",
+    "trace",
+]
 
 _TORCH_DIR_MARKERS = ("/torch/", "/site-packages/torch", "/graphopt/capture.py")
 
 
 def as_input_tuple(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    error: type[GraphoptError] = CaptureError,
 ) -> tuple[torch.Tensor, ...]:
-    """Normalise one tensor or a sequence of tensors to a tuple, with a clear error otherwise."""
+    """Normalise one tensor or a sequence of tensors to a tuple; raise ``error`` otherwise."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, Sequence) and all(
         isinstance(t, torch.Tensor) for t in example_inputs
     ):
         return tuple(example_inputs)
-    raise CaptureError(
+    raise error(
         "example_inputs must be a tensor or a tuple of tensors, got "
         f"{type(example_inputs).__name__}"
     )
@@ -68,7 +76,7 @@ def trace(
         except Exception as exc:
             raise CaptureError(_explain_failure(model_copy, exc, stack)) from exc
     if dynamic_batch:
-        inputs = tuple(_at_least_batch_two(t) for t in inputs)
+        inputs = tuple(at_least_batch_two(t) for t in inputs)
     graph_module = program.module()
     graph_module.meta["graphopt_example_inputs"] = tuple(t.detach().clone() for t in inputs)
     graph_module.meta["graphopt_source_class"] = type(model).__name__
@@ -86,7 +94,7 @@ def export_program(
     """
     dynamic_shapes = None
     if dynamic_batch:
-        inputs = tuple(_at_least_batch_two(t) for t in inputs)
+        inputs = tuple(at_least_batch_two(t) for t in inputs)
         dynamic_shapes = dynamic_batch_shapes(inputs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -98,7 +106,8 @@ def dynamic_batch_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict | None,
     return tuple({0: torch.export.Dim.AUTO} if t.dim() > 0 else None for t in inputs)
 
 
-def _at_least_batch_two(tensor: torch.Tensor) -> torch.Tensor:
+def at_least_batch_two(tensor: torch.Tensor) -> torch.Tensor:
+    """Repeat a batch of 1 to 2: export specialises size-1 dimensions, so 1 can't stay dynamic."""
     if tensor.dim() > 0 and tensor.shape[0] == 1:
         return tensor.repeat(2, *([1] * (tensor.dim() - 1)))
     return tensor

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from graphopt.backends.base import describe_model
-from graphopt.capture import dynamic_batch_shapes
+from graphopt.capture import as_input_tuple, at_least_batch_two, dynamic_batch_shapes
 from graphopt.errors import BackendError, BackendUnavailableError, RecipeError
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeCompiled"]
@@ -150,7 +150,7 @@ class OnnxRuntimeBackend:
     ) -> OnnxRuntimeCompiled:
         """Export ``model`` (batch dimension symbolic where the model allows) and load it in ORT."""
         ort = _require_runtime()
-        inputs = _input_tuple(example_inputs)
+        inputs = as_input_tuple(example_inputs, error=BackendError)
         model_name = describe_model(model)
         scratch = tempfile.TemporaryDirectory(prefix="graphopt-ort-")
         path = self.onnx_path or Path(scratch.name) / "model.onnx"
@@ -212,8 +212,11 @@ class OnnxRuntimeBackend:
 
 def _require_runtime() -> Any:
     """Import onnxruntime (and check the exporter's deps) only when a model is compiled."""
-    for module, package in (("onnxruntime", "onnxruntime"), ("onnx", "onnx"),
-                            ("onnxscript", "onnxscript")):
+    for module, package in (
+        ("onnxruntime", "onnxruntime"),
+        ("onnx", "onnx"),
+        ("onnxscript", "onnxscript"),
+    ):
         if importlib.util.find_spec(module) is None:
             raise BackendUnavailableError(
                 f"the onnxruntime backend needs the '{module}' package, which is not installed; "
@@ -238,7 +241,7 @@ def _export(
     are, and the returned note says why.
     """
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
-    batched = tuple(_at_least_batch_two(t) for t in inputs)
+    batched = tuple(at_least_batch_two(t) for t in inputs)
     dims = dynamic_batch_shapes(batched)
     try:
         _onnx_export(model, batched, path, opset, external, dims)
@@ -382,22 +385,3 @@ def _first_line(exc: BaseException) -> str:
         if line:
             return line[:300]
     return type(exc).__name__
-
-
-def _input_tuple(example_inputs: object) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, Sequence) and all(
-        isinstance(t, torch.Tensor) for t in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise BackendError(
-        "onnxruntime: example_inputs must be a tensor or a tuple of tensors, got "
-        f"{type(example_inputs).__name__}"
-    )
-
-
-def _at_least_batch_two(tensor: torch.Tensor) -> torch.Tensor:
-    if tensor.dim() > 0 and tensor.shape[0] == 1:
-        return tensor.repeat(2, *([1] * (tensor.dim() - 1)))
-    return tensor
