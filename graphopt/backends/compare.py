@@ -31,6 +31,7 @@ from graphopt.backends.base import (
     measure_interleaved,
     to_numpy_inputs,
 )
+from graphopt.capture import as_input_tuple
 from graphopt.errors import BackendError, RecipeError
 
 __all__ = [
@@ -100,9 +101,7 @@ def speedups(stats: Mapping[str, LatencyStats]) -> dict[str, float]:
     if not stats:
         return {}
     first = next(iter(stats.values())).median_ms
-    return {
-        name: first / s.median_ms if s.median_ms > 0 else math.inf for name, s in stats.items()
-    }
+    return {name: first / s.median_ms if s.median_ms > 0 else math.inf for name, s in stats.items()}
 
 
 def relative_diff(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
@@ -129,7 +128,7 @@ def compare_on_backend(
     """
     if not models:
         raise RecipeError("compare_on_backend needs at least one model")
-    inputs = _inputs(example_inputs)
+    inputs = as_input_tuple(example_inputs, error=RecipeError)
     arrays = to_numpy_inputs(inputs)
     compiled = {name: backend.compile(model, inputs) for name, model in models.items()}
     numerics = {
@@ -157,7 +156,7 @@ def bench_backends(
     """
     if not backends:
         raise RecipeError("bench_backends needs at least one backend")
-    inputs = _inputs(example_inputs)
+    inputs = as_input_tuple(example_inputs, error=RecipeError)
     arrays = to_numpy_inputs(inputs)
     reference = _eager_outputs(model, inputs)
     compiled: dict[str, CompiledModel] = {}
@@ -226,19 +225,6 @@ def _one_line(exc: BaseException) -> str:
 def _eager_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     with torch.inference_mode():
         return flat_torch_outputs(model(*inputs))
-
-
-def _inputs(example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, Sequence) and all(
-        isinstance(t, torch.Tensor) for t in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise RecipeError(
-        "example_inputs must be a tensor or a tuple of tensors, got "
-        f"{type(example_inputs).__name__}"
-    )
 
 
 def _batch_size(inputs: tuple[torch.Tensor, ...]) -> int:

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from graphopt.backends.base import describe_model
+from graphopt.capture import as_input_tuple
 from graphopt.errors import BackendError, BackendUnavailableError, RecipeError
 
 __all__ = ["TVMBackend", "TVMCompiledModel", "default_cache_root"]
@@ -176,7 +177,7 @@ class TVMBackend:
         tvm, relax = _import_tvm()
         if self.trials > 0:
             _check_tuning_dependencies()
-        inputs = _check_example_inputs(example_inputs)
+        inputs = as_input_tuple(example_inputs, error=BackendError)
         threads = self.threads or _default_threads()
         _reserve_runtime_threads(threads)
         target = _resolve_target(tvm, self.target, threads)
@@ -235,19 +236,6 @@ def _check_tuning_dependencies() -> None:
             f"TVM tuning (trials > 0) needs {', '.join(missing)}, not installed; install them "
             f"with: {_INSTALL_HINT} (or compile with trials=0)"
         )
-
-
-def _check_example_inputs(example_inputs: object) -> tuple[torch.Tensor, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, Sequence) and all(
-        isinstance(t, torch.Tensor) for t in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise BackendError(
-        "TVM compile needs example_inputs as a tuple of tensors, got "
-        f"{type(example_inputs).__name__}"
-    )
 
 
 def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
