@@ -16,8 +16,15 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from graphopt.errors import GraphoptError, RecipeError
+
+if TYPE_CHECKING:  # annotations only: the commands import their dependencies lazily
+    from rich.console import Console
+    from torch.fx import GraphModule
+
+    from graphopt.pruning.groups import Member
 
 __all__ = ["main"]
 
@@ -53,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", help="zoo name or package.module:factory")
     inspect.add_argument("--input-shape", help="e.g. 1,3,224,224 (zoo models have a default)")
     inspect.add_argument("--top", type=int, default=15, help="heaviest nodes to list")
+    inspect.add_argument(
+        "--groups", action="store_true", help="also list the coupled channel-pruning groups"
+    )
     inspect.set_defaults(handler=_cmd_inspect)
 
     bench = sub.add_parser("bench", help="time a model on several backends, interleaved")
@@ -118,7 +128,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.top < 0:
         raise RecipeError(f"--top must be >= 0, got {args.top}")
     model, inputs = load_model(args.model, input_shape=args.input_shape)
-    stats = analyze(trace(model, inputs))
+    gm = trace(model, inputs)
+    stats = analyze(gm)
     table = Table(title=f"{args.model}: heaviest {args.top} nodes by MACs (per sample)")
     for col in ("node", "op", "module", "output shape", "MACs", "params"):
         table.add_column(col)
@@ -137,7 +148,57 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         f"params {stats.params:,}  MACs {stats.macs:,}  size {stats.size_bytes:,} B "
         f"{stats.size_by_dtype}  peak activations {stats.peak_activation_bytes:,} B"
     )
+    if args.groups:
+        _print_groups(console, args.model, gm)
     return 0
+
+
+def _print_groups(console: Console, model: str, gm: GraphModule) -> None:
+    """The pruning groups: coupled layers whose channels go together, and what is frozen."""
+    from rich.table import Table
+
+    from graphopt.pruning import find_groups
+
+    groups = find_groups(gm)
+    table = Table(title=f"{model}: channel-pruning groups (coupled layers prune together)")
+    table.add_column("group", no_wrap=True)
+    table.add_column("units", justify="right")
+    table.add_column("ch/unit", justify="right")
+    table.add_column("member layers, by role", overflow="fold", ratio=3)
+    table.add_column("frozen", overflow="fold", ratio=2)
+    for g in groups:
+        widths = sorted(set(g.widths))
+        if g.frozen:
+            frozen = f"all: {'; '.join(g.frozen_reasons)}"
+        elif g.frozen_units:
+            frozen = f"{len(g.frozen_units)} of {g.num_units}: {'; '.join(g.frozen_reasons)}"
+        else:
+            frozen = "-"
+        table.add_row(
+            g.id,
+            str(g.num_units),
+            str(widths[0]) if len(widths) == 1 else "mixed",
+            _members_by_role(g.members),
+            frozen,
+        )
+    console.print(table)
+    frozen = sum(g.frozen for g in groups)
+    partial = sum(bool(g.frozen_units) and not g.frozen for g in groups)
+    console.print(
+        f"{len(groups)} groups: {len(groups) - frozen - partial} prunable, "
+        f"{partial} partially frozen, {frozen} frozen"
+    )
+
+
+def _members_by_role(members: Sequence[Member]) -> str:
+    """``out: conv1, layer1.0.conv2; norm: bn1, …`` (roles as in ``graphopt.pruning.groups``)."""
+    by_role: dict[str, list[str]] = {}
+    for m in members:
+        names = by_role.setdefault(m.role, [])
+        name = m.module or m.node
+        if name not in names:  # several views of one attention module: name it once
+            names.append(name)
+    return "; ".join(f"{role}: {', '.join(names)}" for role, names in by_role.items())
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

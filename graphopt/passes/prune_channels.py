@@ -21,25 +21,45 @@ fully and partially frozen groups with their reasons, the plan, and the groups f
 ``bn_scale`` had no BatchNorm and fell back to l2. ``macs_after`` is the policy's cost model's
 prediction, which equals ``analyze`` on the pruned graph (tested); the pass leaves
 recompiling and shape propagation to the pass manager, like every pass.
+
+Iterative pruning (``steps = k > 1``) prunes in ``k`` steps on a polynomial schedule (Zhu &
+Gupta 2017): after step ``i`` the share ``sᵢ = 1 − (1 − i/k)^p`` of the final pruning is done
+(``p = schedule_power``; 1 is linear, Zhu & Gupta use 3: large steps first, small ones at the
+end). With ``ratio = r`` step ``i`` brings each group to ``floor(r · sᵢ · n₀)`` removed units
+of its original ``n₀``; with ``target_macs = t`` it keeps ``1 − (1 − t) · sᵢ`` of the original
+MACs. The last step hits the one-shot target; with ``ratio``, the one-shot unit counts (the
+counts ``round_to`` allows depend only on how many units go when a group's units are equally
+wide, as they are but for odd concats). Every step rebuilds the groups and recomputes the
+importance on the graph that the previous steps, and the callback (which may fine-tune it),
+left, so scores follow the weights. Between steps the pass recompiles and re-propagates
+shapes itself, because the next step's analysis reads them; after the last step too when
+``callback`` is given, so the callback gets a graph that runs. The plan is expressed in the
+original model's unit numbering (a unit keeps its rank among the survivors of its group, so
+step-local indices map back), hence it replays in one shot on a fresh trace.
+``stats["schedule"]`` lists each step's target, units removed, MACs and parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch.fx import GraphModule
 
 from graphopt.errors import PassError
-from graphopt.ir import count_parameters
+from graphopt.ir import count_parameters, propagate_shapes
 from graphopt.passes.base import Pass, PassContext, PassResult, register_pass
 from graphopt.pruning.dependency import build_channel_graph
 from graphopt.pruning.groups import PruningGroup, build_groups
 from graphopt.pruning.importance import AGGREGATES, METHODS, compute_importance
 from graphopt.pruning.plan import PruningPlan
-from graphopt.pruning.policy import CostModel, select_by_ratio, select_for_macs
+from graphopt.pruning.policy import CostModel, schedule, select_by_count, select_for_macs
 from graphopt.pruning.surgery import apply_removals
 
-__all__ = ["PruneChannels"]
+__all__ = ["PruneChannels", "StepCallback"]
+
+StepCallback = Callable[[GraphModule, int], None]
 
 
 @register_pass
@@ -59,6 +79,9 @@ class PruneChannels(Pass):
         min_channels: int = 1,
         ignore: Sequence[str] = (),
         aggregate: str = "mean",
+        steps: int = 1,
+        schedule_power: float = 1.0,
+        callback: StepCallback | None = None,
     ) -> None:
         if importance not in METHODS:
             raise ValueError(f"importance must be one of {', '.join(METHODS)}, got {importance!r}")
@@ -81,6 +104,17 @@ class PruneChannels(Pass):
             raise ValueError(
                 f"ignore must be a list of module paths such as ['fc'], got {ignore!r}"
             )
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1 (1: one-shot pruning), got {steps!r}")
+        if not (_is_number(schedule_power) and 0 < schedule_power < math.inf):
+            raise ValueError(
+                f"schedule_power must be a number > 0 (1: linear, 3: Zhu & Gupta's cubic), "
+                f"got {schedule_power!r}"
+            )
+        if callback is not None and not callable(callback):
+            raise ValueError(
+                f"callback must be a callable (graph_module, step) -> None, got {callback!r}"
+            )
         self.importance = importance
         self.ratio = None if ratio is None else float(ratio)
         self.target_macs = None if target_macs is None else float(target_macs)
@@ -88,59 +122,174 @@ class PruneChannels(Pass):
         self.min_channels = min_channels
         self.ignore = tuple(ignore)
         self.aggregate = aggregate
+        self.steps = steps
+        self.schedule_power = float(schedule_power)
+        self.callback = callback
 
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
+        state: _State | None = None
+        for step in range(1, self.steps + 1):
+            groups = build_groups(self._channel_graph(gm, first=state is None))
+            scores, fallbacks = compute_importance(
+                gm, groups, self.importance, self.aggregate, example_inputs=ctx.example_inputs
+            )
+            cost = CostModel(gm, groups)
+            if state is None:
+                state = _State.start(groups, cost)
+            state.check_groups(self.name, groups, step)
+            share = schedule(step, self.steps, self.schedule_power)
+            removals, target = self._select(groups, scores, cost, state, share, step)
+            apply_removals(gm, groups, removals)
+            state.record(removals, fallbacks)
+            params = count_parameters(gm)
+            state.history.append(
+                {
+                    "step": step,
+                    "target": round(target, 6),
+                    "units_removed": sum(len(u) for u in removals.values()),
+                    "macs": round(cost.total),
+                    "params": params,
+                }
+            )
+            if step < self.steps or self.callback is not None:
+                self._settle(gm, ctx, step)
+            if self.callback is not None:
+                self.callback(gm, step)
+        plan = PruningPlan.for_groups(
+            state.groups,
+            state.removed,
+            ignore=self.ignore,
+            source=gm.meta.get("graphopt_source_class", ""),
+        )
+        stats = _stats(state.groups, plan, state, cost, params)
+        return PassResult(gm, bool(plan.removals), stats)
+
+    def _channel_graph(self, gm: GraphModule, *, first: bool):
         cg = build_channel_graph(gm, ignore=self.ignore)
         unmatched = [p for p in self.ignore if p not in cg.ignored_matches]
-        if unmatched:
+        if first and unmatched:
             layers = sorted({s.module for s in cg.spaces if s.source and s.module})
             raise PassError(
                 self.name,
                 f"ignore={unmatched[0]!r} matches no conv/linear/embedding layer; layers "
                 f"are named like {', '.join(layers[:5])}",
             )
-        groups = build_groups(cg)
-        scores, fallbacks = compute_importance(
-            gm, groups, self.importance, self.aggregate, example_inputs=ctx.example_inputs
-        )
-        cost = CostModel(gm, groups)
-        removals = self._select(groups, scores, cost)
-        plan = PruningPlan.for_groups(
-            groups, removals, ignore=self.ignore, source=gm.meta.get("graphopt_source_class", "")
-        )
-        apply_removals(gm, groups, plan.removals)
-        stats = _stats(groups, plan, cost, fallbacks)
-        stats["params_after"] = count_parameters(gm)
-        return PassResult(gm, bool(plan.removals), stats)
+        return cg
 
-    def _select(self, groups: Sequence[PruningGroup], scores: dict, cost: CostModel) -> dict:
-        """The units to remove; ``cost`` is left predicting the MACs after removing them."""
+    def _select(
+        self,
+        groups: Sequence[PruningGroup],
+        scores: dict,
+        cost: CostModel,
+        state: _State,
+        share: float,
+        step: int,
+    ) -> tuple[dict, float]:
+        """This step's removals and target; ``cost`` is left predicting the MACs after them.
+
+        The target is cumulative (against the original model): the fraction of each group's
+        units removed so far (ratio), or the fraction of the original MACs kept (target_macs).
+        """
         opts = {"round_to": self.round_to, "min_channels": self.min_channels}
         if self.ratio is not None:
-            removals = select_by_ratio(groups, scores, self.ratio, **opts)
+            ratio = self.ratio * share
+            counts = {
+                g.id: max(0, math.floor(ratio * state.units[g.id] + 1e-9) - state.units_gone(g))
+                for g in groups
+            }
+            removals = select_by_count(groups, scores, counts, **opts)
             for gid, units in removals.items():
                 cost.remove(gid, units)
-            return removals
-        removals, reached = select_for_macs(groups, scores, cost, self.target_macs, **opts)
+            return removals, ratio
+        kept = 1.0 - (1.0 - self.target_macs) * share
+        relative = min(1.0, kept * state.macs / max(cost.original, 1e-12))
+        removals, reached = select_for_macs(groups, scores, cost, relative, **opts)
         if not reached:
             frozen = [g for g in groups if g.frozen]
             example = f" (e.g. {frozen[0].id}: {frozen[0].frozen_reasons[0]})" if frozen else ""
+            at_step = f" (step {step} of {self.steps} aims at {kept:.3g})" if self.steps > 1 else ""
             raise PassError(
                 self.name,
-                f"target_macs={self.target_macs} cannot be reached: pruning every group as far "
-                f"as round_to={self.round_to} and min_channels={self.min_channels} allow keeps "
-                f"{cost.total / max(cost.original, 1):.1%} of the MACs; {len(frozen)} of "
-                f"{len(groups)} groups are frozen{example}. Raise target_macs, lower "
-                "round_to/min_channels, or ignore fewer layers",
+                f"target_macs={self.target_macs} cannot be reached{at_step}: pruning every "
+                f"group as far as round_to={self.round_to} and min_channels="
+                f"{self.min_channels} allow keeps {cost.total / max(state.macs, 1):.1%} of the "
+                f"MACs; {len(frozen)} of {len(groups)} groups are frozen{example}. Raise "
+                "target_macs, lower round_to/min_channels, or ignore fewer layers",
             )
-        return removals
+        return removals, kept
+
+    def _settle(self, gm: GraphModule, ctx: PassContext, step: int) -> None:
+        """Recompile and re-propagate shapes: the next step and the callback need them."""
+        try:
+            gm.graph.lint()
+            gm.recompile()
+            propagate_shapes(gm, tuple(ctx.example_inputs))
+        except Exception as exc:
+            raise PassError(
+                self.name, f"step {step} of {self.steps} left a graph that does not run: {exc}"
+            ) from exc
+
+
+@dataclass
+class _State:
+    """What iterative pruning carries between steps, in the original unit numbering.
+
+    ``alive[g]`` lists the original units of group ``g`` still in the graph, in the order of
+    the current graph's unit numbers: surgery keeps the survivors' channel order and groups
+    number units by first appearance, so a survivor keeps its rank.
+    """
+
+    groups: tuple[PruningGroup, ...]
+    units: dict[str, int]
+    alive: dict[str, list[int]]
+    removed: dict[str, list[int]]
+    macs: float
+    params: int
+    fallbacks: list[str]
+    history: list[dict]
+
+    @classmethod
+    def start(cls, groups: Sequence[PruningGroup], cost: CostModel) -> _State:
+        return cls(
+            groups=tuple(groups),
+            units={g.id: g.num_units for g in groups},
+            alive={g.id: list(range(g.num_units)) for g in groups},
+            removed={},
+            macs=cost.original,
+            params=cost.params,
+            fallbacks=[],
+            history=[],
+        )
+
+    def units_gone(self, group: PruningGroup) -> int:
+        return self.units[group.id] - group.num_units
+
+    def check_groups(self, name: str, groups: Sequence[PruningGroup], step: int) -> None:
+        """The groups of a pruned graph must be the original ones, with fewer units."""
+        found = {g.id: g.num_units for g in groups}
+        expected = {gid: len(alive) for gid, alive in self.alive.items()}
+        if found != expected:
+            changed = sorted(set(found.items()) ^ set(expected.items()))[0][0]
+            raise PassError(
+                name,
+                f"step {step}: group {changed!r} has {found.get(changed)} units, expected "
+                f"{expected.get(changed)}; the graph changed between steps other than by "
+                "pruning (a callback may fine-tune weights, but not change layers)",
+            )
+
+    def record(self, removals: dict, fallbacks: list[str]) -> None:
+        for gid, units in removals.items():
+            alive, gone = self.alive[gid], set(units)
+            self.removed.setdefault(gid, []).extend(alive[u] for u in units)
+            self.alive[gid] = [a for u, a in enumerate(alive) if u not in gone]
+        self.fallbacks.extend(f for f in fallbacks if f not in self.fallbacks)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _stats(groups, plan: PruningPlan, cost: CostModel, fallbacks: list[str]) -> dict:
+def _stats(groups, plan: PruningPlan, state: _State, cost: CostModel, params: int) -> dict:
     by_id = {g.id: g for g in groups}
     channels = sum(by_id[gid].widths[u] for gid, units in plan.removals.items() for u in units)
     return {
@@ -148,9 +297,11 @@ def _stats(groups, plan: PruningPlan, cost: CostModel, fallbacks: list[str]) -> 
         "pruned_groups": len(plan.removals),
         "units_removed": plan.units_removed,
         "channels_removed": channels,
-        "macs_before": round(cost.original),
+        "macs_before": round(state.macs),
         "macs_after": round(cost.total),
-        "params_before": cost.params,
+        "params_before": state.params,
+        "params_after": params,
+        "steps": len(state.history),
         "frozen": [
             {"group": g.id, "reason": "; ".join(g.frozen_reasons)} for g in groups if g.frozen
         ],
@@ -163,6 +314,7 @@ def _stats(groups, plan: PruningPlan, cost: CostModel, fallbacks: list[str]) -> 
             for g in groups
             if g.frozen_units and not g.frozen
         ],
-        "importance_fallbacks": fallbacks,
+        "importance_fallbacks": state.fallbacks,
+        "schedule": state.history,
         "plan": plan.to_dict(),
     }

@@ -6,7 +6,10 @@ How many, per group of ``n`` units:
 
 - **ratio** ``r``: remove ``floor(r · n)`` units, then fewer if needed so that every layer
   of the group keeps a multiple of ``round_to`` output channels, and at least
-  ``min_channels`` (a unit can span several channels: a head, a conv group).
+  ``min_channels`` (a unit can span several channels: a head, a conv group). Iterative
+  pruning asks for a count per group instead (``select_by_count``): step ``i`` removes what
+  brings the group to ``floor(rᵢ · n₀)`` removed units of its original ``n₀``, so the last
+  step ends where one-shot pruning with ``r`` does (exactly, for equally wide units).
 - **target MACs** ``t`` (fraction to keep): a global greedy search. Each group offers its next
   *step*: the fewest further lowest-scored units whose removal leaves a valid count (multiple
   of ``round_to``, ≥ ``min_channels``, ≥ 1 unit). Steps are ranked by the mean of their
@@ -34,7 +37,14 @@ from torch.fx import GraphModule
 from graphopt.analysis import analyze
 from graphopt.pruning.groups import PruningGroup
 
-__all__ = ["CostModel", "select_by_ratio", "select_for_macs", "valid_removals"]
+__all__ = [
+    "CostModel",
+    "schedule",
+    "select_by_count",
+    "select_by_ratio",
+    "select_for_macs",
+    "valid_removals",
+]
 
 _SCALING_ROLES = ("out", "in", "heads")
 
@@ -97,6 +107,16 @@ def _order(group: PruningGroup, scores: torch.Tensor) -> list[int]:
     return sorted(units, key=lambda u: (float(scores[u]), u))
 
 
+def schedule(step: int, steps: int, power: float) -> float:
+    """The share of the final pruning done after ``step`` of ``steps``: ``1 − (1 − i/k)^p``.
+
+    The polynomial schedule of Zhu & Gupta (2017, "To prune, or not to prune"), who use
+    ``p = 3``: large steps first, while the network is most redundant, then smaller ones.
+    ``p = 1`` is linear; the last step always reaches 1 (the full target).
+    """
+    return 1.0 - (1.0 - step / steps) ** power
+
+
 def select_by_ratio(
     groups: Sequence[PruningGroup],
     scores: Mapping[str, torch.Tensor],
@@ -106,10 +126,23 @@ def select_by_ratio(
     min_channels: int = 1,
 ) -> dict[str, tuple[int, ...]]:
     """Per group, the ``floor(ratio · n)`` lowest-scored units (fewer to keep counts valid)."""
+    counts = {g.id: math.floor(ratio * g.num_units + 1e-9) for g in groups}
+    return select_by_count(groups, scores, counts, round_to=round_to, min_channels=min_channels)
+
+
+def select_by_count(
+    groups: Sequence[PruningGroup],
+    scores: Mapping[str, torch.Tensor],
+    counts: Mapping[str, int],
+    *,
+    round_to: int = 1,
+    min_channels: int = 1,
+) -> dict[str, tuple[int, ...]]:
+    """Per group, its ``counts[id]`` lowest-scored units (fewer to keep counts valid)."""
     plan = {}
     for g in groups:
         order = _order(g, scores[g.id])
-        wanted = math.floor(ratio * g.num_units + 1e-9)
+        wanted = counts.get(g.id, 0)
         r = max(v for v in valid_removals(g, order, round_to, min_channels) if v <= wanted)
         if r:
             plan[g.id] = tuple(sorted(order[:r]))
