@@ -11,10 +11,12 @@ from graphopt.passes.base import (
     registered_passes,
 )
 from graphopt.passes.fold_batchnorm import FoldBatchNorm
+from graphopt.passes.low_rank import LowRank
 from graphopt.passes.prune_channels import PruneChannels
 
 __all__ = [
     "FoldBatchNorm",
+    "LowRank",
     "Pass",
     "PassContext",
     "PassResult",

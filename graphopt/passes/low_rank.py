@@ -1,0 +1,327 @@
+"""Low-rank decomposition of linear and conv2d layers, weight-based or data-driven.
+
+Each matched ``aten.linear`` / ``aten.conv2d`` is replaced by a chain of thinner layers whose
+composition approximates it (the maths of each method is in ``graphopt.lowrank.factorize``):
+
+- ``svd``: two linears (``x ↦ W₁ x``, then ``W₂`` with the bias); for a conv, its ``k×k``
+  kernel with ``r`` outputs then a 1×1 conv (channel SVD of ``C_out × C_in·k²``);
+- ``tucker``: 1×1 reduce → ``k×k`` core (carrying stride, padding, dilation) → 1×1 restore;
+- ``cp``: 1×1 → depthwise ``k×1`` → depthwise ``1×k`` → 1×1;
+- ``spatial_svd``: ``k×1`` conv then ``1×k`` conv;
+- ``pca``: output reconstruction on calibration data (Zhang et al. 2015): ``Vᵀ W`` then a
+  1×1 conv / linear ``V`` with bias ``μ + V Vᵀ (b − μ)``, ``V`` the top principal directions of
+  the layer's outputs. It minimises the output error on data like the calibration set, where
+  weight SVD minimises the weight error.
+
+``tucker``, ``cp`` and ``spatial_svd`` apply to ``k×k`` convs and fall back to ``svd`` for
+linear layers and 1×1 convs (whose only structure is the channel matrix). Depthwise and
+grouped convs are refused, with the reason.
+
+Ranks: ``ratio`` (of the full rank, see ``graphopt.lowrank.plan``), ``energy`` (fraction of the
+squared singular values, or of output variance for PCA), ``rank`` (an int, or ``"vbmf"`` for
+EVBMF's automatic estimate), ``ranks`` per module path (an int, or ``(R_out, R_in)`` for
+Tucker), computed ranks rounded up to a multiple of ``round_to``. A layer is replaced only
+when its MACs *and* parameters drop and the MACs saving is at least ``min_macs_saving``;
+otherwise it is a refusal with the numbers.
+
+Calibration data for ``pca``: ``ctx.extras["calibration"]``, an iterable of input tuples, else
+the example inputs. Statistics are taken from the original model's responses in one pass
+(not sequentially from the partly decomposed model). A layer with fewer output vectors on the
+calibration data than its rank is refused: its covariance cannot determine the directions.
+
+Stats: per decomposed layer its method, rank, full rank, MACs and parameters before and after
+and the relative error (of the weight, or of the calibration outputs for PCA); totals of MACs
+and parameters saved; refusals. Approximate (``exact = False``): the pass manager measures the
+output error. Factor layers are marked, so a second run leaves them alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+
+import torch
+from torch.fx import GraphModule
+
+from graphopt.errors import PassError
+from graphopt.ir import iter_ops, module_path
+from graphopt.lowrank import factorize
+from graphopt.lowrank.calibration import OutputStats, collect_output_stats, input_batches
+from graphopt.lowrank.layers import LINEAR_OR_CONV, METHODS, Layer, read_layer
+from graphopt.lowrank.plan import LayerPlan, RankRule, method_for, plan_layer
+from graphopt.lowrank.rewrite import LOW_RANK_META, replace_layer
+from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, register_pass
+
+__all__ = ["LowRank"]
+
+
+@register_pass
+class LowRank(Pass):
+    """Factor linear and conv layers into thinner ones: SVD, Tucker-2, CP, spatial SVD, PCA."""
+
+    name = "low_rank"
+    exact = False
+
+    def __init__(
+        self,
+        *,
+        method: str = "svd",
+        ratio: float | None = None,
+        energy: float | None = None,
+        rank: int | str | None = None,
+        ranks: Mapping[str, int | Sequence[int]] | None = None,
+        round_to: int = 1,
+        skip: Sequence[str] = (),
+        min_macs_saving: float = 0.0,
+    ) -> None:
+        _check_rank_rule(method, ratio, energy, rank, ranks)
+        if not _is_int(round_to) or round_to < 1:
+            raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
+        if isinstance(skip, str) or not all(isinstance(p, str) and p for p in skip):
+            raise ValueError(f"skip must be a list of module paths such as ['fc'], got {skip!r}")
+        if not (_is_number(min_macs_saving) and 0 <= min_macs_saving < 1):
+            raise ValueError(f"min_macs_saving must be a number in [0, 1), got {min_macs_saving!r}")
+        self.method = method
+        self.ratio = None if ratio is None else float(ratio)
+        self.energy = None if energy is None else float(energy)
+        self.rank = rank
+        self.ranks = _checked_ranks(ranks)
+        self.round_to = round_to
+        self.skip = tuple(skip)
+        self.min_macs_saving = float(min_macs_saving)
+
+    def requires(self, gm: GraphModule, ctx: PassContext) -> None:
+        no_data = ctx.extras.get("calibration") is None and not ctx.example_inputs
+        if self.method == "pca" and no_data:
+            raise PassError(
+                self.name,
+                "method='pca' needs calibration data: pass PassContext(example_inputs, "
+                "extras={'calibration': [(x1,), (x2,), ...]}) or example inputs",
+            )
+
+    def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
+        self._check_names(gm)
+        refused: list[Refusal] = []
+        candidates = self._match(gm, refused)
+        stats = self._calibrate(gm, ctx, candidates) if self.method == "pca" else {}
+        rule = RankRule(self.ratio, self.energy, self.rank, self.round_to)
+        layers = []
+        for layer, method in candidates:
+            plan = self._plan(layer, method, rule, stats.get(layer.node), refused)
+            if plan is None:
+                continue
+            fact = self._factorize(plan, stats.get(layer.node))
+            replace_layer(gm, layer, plan.stages, fact.weights, fact.bias, method=plan.method)
+            layers.append(_layer_stats(plan, fact))
+        return PassResult(
+            gm,
+            modified=bool(layers),
+            stats={
+                "method": self.method,
+                "decomposed": len(layers),
+                "macs_saved": sum(d["macs_before"] - d["macs_after"] for d in layers),
+                "params_saved": sum(d["params_before"] - d["params_after"] for d in layers),
+                "layers": layers,
+                "refused": [asdict(r) for r in refused],
+            },
+        )
+
+    # ---- match and check -----------------------------------------------------------------
+    def _match(self, gm: GraphModule, refused: list[Refusal]) -> list[tuple[Layer, str]]:
+        candidates = []
+        for node in iter_ops(gm, LINEAR_OR_CONV):
+            if LOW_RANK_META in node.meta:
+                stage = node.meta[LOW_RANK_META]
+                where = f"{module_path(node) or node.name}.{stage['stage']}"
+                refused.append(Refusal(where, f"already a low-rank factor ({stage['method']})"))
+                continue
+            layer = read_layer(gm, node)
+            if isinstance(layer, str):
+                refused.append(Refusal(node.name, layer))
+                continue
+            if self._skipped(layer.path):
+                refused.append(Refusal(layer.path, "in skip"))
+                continue
+            try:
+                candidates.append((layer, method_for(layer, self.method)))
+            except ValueError as exc:
+                refused.append(Refusal(layer.path, str(exc)))
+        return candidates
+
+    def _check_names(self, gm: GraphModule) -> None:
+        """Every ``skip`` and ``ranks`` entry must name a linear/conv layer (typos are errors)."""
+        paths = {module_path(n) for n in iter_ops(gm, LINEAR_OR_CONV)}
+        for option, names in (("skip", self.skip), ("ranks", tuple(self.ranks))):
+            for name in names:
+                inside = option == "skip" and any(p.startswith(name + ".") for p in paths)
+                if name not in paths and not inside:
+                    example = ", ".join(sorted(p for p in paths if p)[:5])
+                    raise PassError(
+                        self.name,
+                        f"{option} entry {name!r} matches no linear/conv layer; layers are "
+                        f"named like {example}",
+                    )
+
+    def _skipped(self, path: str) -> bool:
+        return any(path == s or path.startswith(s + ".") for s in self.skip)
+
+    def _calibrate(
+        self, gm: GraphModule, ctx: PassContext, candidates: list[tuple[Layer, str]]
+    ) -> dict:
+        data = ctx.extras.get("calibration")
+        batches = input_batches(data) if data is not None else [ctx.example_inputs]
+        targets = {layer.node: (1 if layer.kind == "conv" else -1) for layer, _ in candidates}
+        if not targets:
+            return {}
+        try:
+            stats = collect_output_stats(gm, targets, batches)
+        except TypeError as exc:
+            raise PassError(self.name, f"calibration: {exc}") from exc
+        if not stats:
+            raise PassError(self.name, "calibration data yielded no batches; give at least one")
+        return stats
+
+    def _plan(
+        self,
+        layer: Layer,
+        method: str,
+        rule: RankRule,
+        out_stats: OutputStats | None,
+        refused: list[Refusal],
+    ) -> LayerPlan | None:
+        try:
+            plan = plan_layer(
+                layer,
+                method,
+                rule,
+                explicit=self.ranks.get(layer.path),
+                spectrum=(lambda: torch.linalg.eigvalsh(out_stats.covariance))
+                if out_stats is not None
+                else None,
+            )
+        except ValueError as exc:
+            if self.ranks.get(layer.path) is not None:
+                raise PassError(self.name, f"ranks[{layer.path!r}]: {exc}") from exc
+            refused.append(Refusal(layer.path, str(exc)))
+            return None
+        saving = 1 - plan.macs_after / plan.macs_before if plan.macs_before else 0.0
+        if not plan.saves or saving < self.min_macs_saving:
+            refused.append(Refusal(layer.path, _cost_reason(plan, saving, self.min_macs_saving)))
+            return None
+        if method == "pca" and out_stats is not None and out_stats.count <= max(plan.rank, 1):
+            refused.append(
+                Refusal(
+                    layer.path,
+                    (
+                        f"only {out_stats.count} output vectors on the calibration data for rank "
+                        f"{plan.rank}: the covariance cannot determine the directions; give more "
+                        "calibration data (ctx.extras['calibration'])"
+                    ),
+                )
+            )
+            return None
+        return plan
+
+    # ---- rewrite -------------------------------------------------------------------------
+    @staticmethod
+    def _factorize(plan: LayerPlan, out_stats: OutputStats | None) -> factorize.Factorization:
+        weight = plan.layer.weight.detach()
+        if plan.method == "svd":
+            return factorize.svd(weight, plan.rank)
+        if plan.method == "tucker":
+            return factorize.tucker2(weight, plan.rank)
+        if plan.method == "cp":
+            return factorize.cp(weight, plan.rank)
+        if plan.method == "spatial_svd":
+            return factorize.spatial_svd(weight, plan.rank)
+        bias = plan.layer.bias.detach() if plan.layer.bias is not None else None
+        return factorize.pca(weight, bias, out_stats.mean, out_stats.covariance, plan.rank)
+
+
+def _cost_reason(plan: LayerPlan, saving: float, minimum: float) -> str:
+    what = (
+        f"rank {plan.rank} (full {plan.full_rank}) with {plan.method}: MACs {plan.macs_before} → "
+        f"{plan.macs_after}, params {plan.params_before} → {plan.params_after}"
+    )
+    if not plan.saves:
+        return f"{what}; decomposing would not reduce both, kept as is"
+    return f"{what}; saves {saving:.1%} of the layer's MACs, below min_macs_saving={minimum:g}"
+
+
+def _layer_stats(plan: LayerPlan, fact: factorize.Factorization) -> dict:
+    rank = list(plan.rank) if isinstance(plan.rank, tuple) else plan.rank
+    full = list(plan.full_rank) if isinstance(plan.full_rank, tuple) else plan.full_rank
+    return {
+        "layer": plan.layer.path,
+        "method": plan.method,
+        "rank": rank,
+        "full_rank": full,
+        "macs_before": plan.macs_before,
+        "macs_after": plan.macs_after,
+        "params_before": plan.params_before,
+        "params_after": plan.params_after,
+        "error": fact.error,
+        "error_of": fact.error_of,
+    }
+
+
+def _check_rank_rule(
+    method: str, ratio: object, energy: object, rank: object, ranks: object
+) -> None:
+    """Validate the method and the rank options together (ValueError naming the option)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if ratio is not None and not (_is_number(ratio) and 0 < ratio <= 1):
+        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
+    if energy is not None and not (_is_number(energy) and 0 < energy <= 1):
+        raise ValueError(f"energy must be a number in (0, 1], got {energy!r}")
+    if rank is not None and rank != "vbmf" and not (_is_int(rank) and rank > 0):
+        raise ValueError(f"rank must be an int > 0 or 'vbmf', got {rank!r}")
+    rules = (("ratio", ratio), ("energy", energy), ("rank", rank))
+    given = [name for name, value in rules if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of ratio, energy and rank, got {', '.join(given)}")
+    if not given and not ranks:
+        raise ValueError("give one of ratio, energy or rank, or per-layer ranks")
+    if method == "cp" and energy is not None:
+        raise ValueError(
+            "energy is not defined for method='cp' (CP has no singular values); use ratio or rank"
+        )
+    if method in ("cp", "pca") and rank == "vbmf":
+        raise ValueError(
+            f"rank='vbmf' estimates matrix ranks (svd, tucker, spatial_svd), "
+            f"not for method={method!r}; use ratio, energy or rank"
+        )
+
+
+def _checked_ranks(ranks: Mapping[str, object] | None) -> dict[str, int | tuple[int, int]]:
+    if ranks is None:
+        return {}
+    if not isinstance(ranks, Mapping):
+        raise ValueError(f"ranks must map module paths to ranks, e.g. {{'fc': 64}}, got {ranks!r}")
+    checked: dict[str, int | tuple[int, int]] = {}
+    for path, value in ranks.items():
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"ranks keys must be module paths such as 'fc', got {path!r}")
+        if _is_int(value) and value > 0:
+            checked[path] = int(value)
+        elif (
+            isinstance(value, Sequence)
+            and len(value) == 2
+            and all(_is_int(v) and v > 0 for v in value)
+        ):
+            checked[path] = (int(value[0]), int(value[1]))
+        else:
+            raise ValueError(
+                f"ranks[{path!r}] must be an int > 0 (or an (R_out, R_in) pair for tucker), "
+                f"got {value!r}"
+            )
+    return checked
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
