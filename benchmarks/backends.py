@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
 
 from graphopt.analysis import analyze
 from graphopt.backends import get_backend
@@ -48,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         macs = analyze(gm).macs * args.batch  # analyze counts per sample
         for threads in args.threads:
             backends = [_backend(b, args, threads) for b in args.backends]
-            print(f"{name}, threads {threads or 'default'}: compiling on "
-                  f"{', '.join(b.name for b in backends)}", file=sys.stderr)
+            print(
+                f"{name}, threads {threads or 'default'}: compiling on "
+                f"{', '.join(b.name for b in backends)}",
+                file=sys.stderr,
+            )
             started = time.perf_counter()
             comparison = bench_backends(
                 gm, inputs, backends, warmup=args.warmup, runs=args.runs, skip_failures=True
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if not args.no_write:
         command = sys.argv[1:] if argv is None else argv
-        _write_section(_section(args, command, table, load_at_start), RESULTS)
+        write_section(_section(args, command, table, load_at_start), SECTION, RESULTS)
         print(f"wrote the Backends section of {RESULTS}", file=sys.stderr)
     return 0
 
@@ -68,17 +72,26 @@ def main(argv: list[str] | None = None) -> int:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,mobilenet_v2", type=_csv)
-    parser.add_argument("--backends", default="torch,onnxruntime,tvm", type=_csv,
-                        help="comma list; the first is the baseline of the speed-up")
+    parser.add_argument(
+        "--backends",
+        default="torch,onnxruntime,tvm",
+        type=_csv,
+        help="comma list; the first is the baseline of the speed-up",
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--threads", type=_threads, default=[None],
-                        help="comma list of thread counts, each timed separately and given to "
-                        "every backend (default: each backend's own default)")
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=[None],
+        help="comma list of thread counts, each timed separately and given to "
+        "every backend (default: each backend's own default)",
+    )
     parser.add_argument("--ort-opset", type=int, default=18)
-    parser.add_argument("--tvm-trials", type=int, default=0,
-                        help="MetaSchedule trials for TVM (0: untuned)")
+    parser.add_argument(
+        "--tvm-trials", type=int, default=0, help="MetaSchedule trials for TVM (0: untuned)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, keep RESULTS.md")
     return parser.parse_args(argv)
 
@@ -107,20 +120,28 @@ def _rows(
     rows = []
     for name, entry in comparison.results.items():
         lat = entry.latency
-        rows.append({
-            "model": model,
-            "threads": threads or "default",
-            "backend": name,
-            "median_ms": lat.median_ms,
-            "p90_ms": lat.p90_ms,
-            "speedup": entry.speedup,
-            "gflops": 2 * macs / (lat.median_ms / 1000.0) / 1e9,
-            "rel_diff": entry.max_rel_diff,
-            "notes": _notes(entry.info),
-        })
+        rows.append(
+            {
+                "model": model,
+                "threads": threads or "default",
+                "backend": name,
+                "median_ms": lat.median_ms,
+                "p90_ms": lat.p90_ms,
+                "speedup": entry.speedup,
+                "gflops": 2 * macs / (lat.median_ms / 1000.0) / 1e9,
+                "rel_diff": entry.max_rel_diff,
+                "notes": _notes(entry.info),
+            }
+        )
     for name, reason in comparison.skipped.items():
-        rows.append({"model": model, "threads": threads or "default", "backend": name,
-                     "notes": f"skipped: {reason[:160]}"})
+        rows.append(
+            {
+                "model": model,
+                "threads": threads or "default",
+                "backend": name,
+                "notes": f"skipped: {reason[:160]}",
+            }
+        )
     return rows
 
 
@@ -137,8 +158,10 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         if "median_ms" not in r:
-            lines.append(f"| {r['model']} | {r['threads']} | {r['backend']} | – | – | – | – | – "
-                         f"| {r['notes']} |")
+            lines.append(
+                f"| {r['model']} | {r['threads']} | {r['backend']} | – | – | – | – | – "
+                f"| {r['notes']} |"
+            )
             continue
         lines.append(
             f"| {r['model']} | {r['threads']} | {r['backend']} | {r['median_ms']:.2f} | "
@@ -174,29 +197,20 @@ def _machine(load_at_start: float) -> str:
 def _section(args: argparse.Namespace, argv: list[str], table: str, load_at_start: float) -> str:
     command = "python benchmarks/backends.py " + " ".join(shlex.quote(a) for a in argv)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    return "\n".join([
-        SECTION,
-        "",
-        f"Command: `{command.strip()}` ({when})  ",
-        f"Machine: {_machine(load_at_start)}  ",
-        f"Batch {args.batch}, 3x224x224, warmup {args.warmup}, {args.runs} runs; all backends "
-        "of a model (at one thread count) interleaved in one loop; speed-up = median of the "
-        "first backend / median.",
-        "",
-        table,
-        "",
-    ])
-
-
-def _write_section(section: str, path: Path) -> None:
-    """Replace the ``## Backends`` section of ``path`` (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
+    return "\n".join(
+        [
+            SECTION,
+            "",
+            f"Command: `{command.strip()}` ({when})  ",
+            f"Machine: {_machine(load_at_start)}  ",
+            f"Batch {args.batch}, 3x224x224, warmup {args.warmup}, {args.runs} runs; all backends "
+            "of a model (at one thread count) interleaved in one loop; speed-up = median of the "
+            "first backend / median.",
+            "",
+            table,
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
 from torch import nn
 
 from graphopt.analysis import analyze
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_write:
         argv = sys.argv[1:] if argv is None else argv
-        _write_section(_section(args, argv, text, rows, coverage, tp), RESULTS)
+        write_section(_section(args, argv, text, rows, coverage, tp), SECTION, RESULTS)
         print(f"wrote the {SECTION[3:]} section of {RESULTS}", file=sys.stderr)
     return 0
 
@@ -521,17 +522,6 @@ def _machine() -> str:
         f"{platform.python_version()}; torch {torch.__version__}, onnxruntime "
         f"{onnxruntime.__version__}"
     )
-
-
-def _write_section(section: str, path: Path) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
