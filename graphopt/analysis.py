@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from graphopt.ir import get_tensor, is_op, module_path
+from graphopt.ir import VIEW_OPS, get_tensor, is_op, module_path
 
 __all__ = ["ModelStats", "NodeStats", "analyze"]
 
@@ -32,27 +32,6 @@ _CONVS = (
     aten.conv_transpose3d,
 )
 _MATMULS = (aten.matmul, aten.mm, aten.bmm, aten.addmm, aten.baddbmm)
-_VIEWS = (
-    aten.view,
-    aten.reshape,
-    aten.flatten,
-    aten.permute,
-    aten.transpose,
-    aten.t,
-    aten.expand,
-    aten.slice,
-    aten.select,
-    aten.unsqueeze,
-    aten.squeeze,
-    aten.alias,
-    aten.detach,
-    aten.unflatten,
-    aten._unsafe_view,
-    aten.split,
-    aten.chunk,
-    aten.unbind,
-    aten.contiguous,
-)
 
 
 @dataclass(frozen=True)
@@ -86,8 +65,9 @@ class ModelStats:
 def analyze(gm: GraphModule) -> ModelStats:
     """Params, MACs, size and peak activation memory of ``gm``, in total and per node."""
     node_stats = tuple(_node_stats(gm, n) for n in gm.graph.nodes if n.op == "call_function")
-    params = sum(p.numel() for p in gm.parameters())
-    buffers = sum(b.numel() for b in gm.buffers())
+    stored_quantized = _quantized_weight_elements(gm)
+    params = sum(p.numel() for p in gm.parameters()) + stored_quantized
+    buffers = sum(b.numel() for b in gm.buffers()) - stored_quantized
     size_by_dtype: dict[str, int] = defaultdict(int)
     for tensor in [*gm.parameters(), *gm.buffers()]:
         size_by_dtype[str(tensor.dtype).removeprefix("torch.")] += (
@@ -102,6 +82,25 @@ def analyze(gm: GraphModule) -> ModelStats:
         peak_activation_bytes=_peak_activation_bytes(gm),
         nodes=node_stats,
     )
+
+
+def _quantized_weight_elements(gm: GraphModule) -> int:
+    """Elements of integer buffers read by a dequantize op: weights stored quantized.
+
+    They are buffers (gradients cannot reach integers) but they are the model's weights, so
+    they count as parameters; their bytes count at their integer width in ``size_by_dtype``.
+    """
+    total = 0
+    for node in gm.graph.nodes:
+        tensor = get_tensor(gm, node)
+        if tensor is None or tensor.is_floating_point():
+            continue
+        if any(
+            str(u.target).startswith("quantized_decomposed.dequantize") and u.args[0] is node
+            for u in node.users
+        ):
+            total += tensor.numel()
+    return total
 
 
 def _per_sample(dim: int | torch.SymInt) -> int:
@@ -183,7 +182,7 @@ def _peak_activation_bytes(gm: GraphModule) -> int:
         base = node.args[0] if node.args else None
         if (
             node.op == "call_function"
-            and (is_op(node, _VIEWS) or node.target.__name__ == "getitem")
+            and (is_op(node, VIEW_OPS) or node.target.__name__ == "getitem")
             and isinstance(base, Node)
             and base in owner
         ):

@@ -15,6 +15,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 __all__ = [
+    "VIEW_OPS",
     "count_parameters",
     "get_tensor",
     "is_op",
@@ -26,6 +27,28 @@ __all__ = [
 ]
 
 aten = torch.ops.aten
+
+VIEW_OPS = (  # ops whose output shares its input's storage
+    aten.view,
+    aten.reshape,
+    aten.flatten,
+    aten.permute,
+    aten.transpose,
+    aten.t,
+    aten.expand,
+    aten.slice,
+    aten.select,
+    aten.unsqueeze,
+    aten.squeeze,
+    aten.alias,
+    aten.detach,
+    aten.unflatten,
+    aten._unsafe_view,
+    aten.split,
+    aten.chunk,
+    aten.unbind,
+    aten.contiguous,
+)
 
 
 def is_op(node: Node, targets: Iterable[object]) -> bool:

@@ -253,7 +253,7 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.
         raise BackendError(f"TVM compile needs a torch.nn.Module, got {type(model).__name__}")
     try:
         with torch.no_grad():
-            return torch.export.export(model, inputs, strict=False)
+            program = torch.export.export(model, inputs, strict=False)
     except Exception as exc:
         raise BackendError(
             f"torch.export failed on {describe_model(model)} before TVM conversion: "
@@ -261,6 +261,20 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.export.
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Check that the "
             "model runs eagerly on the example inputs (graphopt.capture.trace explains failures)"
         ) from exc
+    return _decompose_qdq(program)
+
+
+def _decompose_qdq(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Spell ``quantized_decomposed`` (QDQ) ops in plain ATen, which TVM's frontend converts.
+
+    ``q = clamp(round(x / s) + z, qmin, qmax)`` and ``x = (q − z) · s``, as the ops define them
+    (``round`` is half-to-even, like ONNX's QuantizeLinear); other ops are left as they are.
+    """
+    from graphopt.backends._qdq_decompositions import QDQ_DECOMPOSITIONS, uses_qdq
+
+    if not uses_qdq(program.graph_module):
+        return program
+    return program.run_decompositions(QDQ_DECOMPOSITIONS)
 
 
 def _to_relax(program: torch.export.ExportedProgram) -> Any:

@@ -13,6 +13,7 @@ from graphopt.passes.base import (
 from graphopt.passes.fold_batchnorm import FoldBatchNorm
 from graphopt.passes.low_rank import LowRank
 from graphopt.passes.prune_channels import PruneChannels
+from graphopt.passes.quantize import Quantize
 
 __all__ = [
     "FoldBatchNorm",
@@ -21,6 +22,7 @@ __all__ = [
     "PassContext",
     "PassResult",
     "PruneChannels",
+    "Quantize",
     "Refusal",
     "describe_passes",
     "get_pass",

@@ -1,4 +1,5 @@
-"""Compressed graphs (pruned, low-rank) compile and run on TVM with eager-equal outputs."""
+"""Compressed graphs (pruned, low-rank, int8 QDQ) compile and run on TVM with eager-equal
+outputs (QDQ graphs: up to a rounding flip, one quantization step, where float sums differ)."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import pytest
 from graphopt.backends import get_backend
 from graphopt.capture import trace
 from graphopt.pass_manager import PassManager
-from graphopt.passes import FoldBatchNorm, LowRank, PruneChannels
+from graphopt.passes import FoldBatchNorm, LowRank, PruneChannels, Quantize
 from graphopt.zoo import get_model
 
 pytest.importorskip("tvm")
@@ -35,3 +36,14 @@ def test_compressed_models_run_on_tvm(name, shape, passes) -> None:
     result = PassManager(passes).run(trace(model, inputs), inputs)
     assert result.stages[-1].modified
     assert _run_on_tvm(result.graph_module, inputs) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"), [("resnet18", (1, 3, 32, 32)), ("transformer", (1, 16))]
+)
+def test_int8_qdq_models_run_on_tvm(name, shape) -> None:
+    model, inputs = get_model(name, input_shape=shape)
+    quantize = Quantize(calibration={"source": "example_inputs"})
+    result = PassManager([quantize]).run(trace(model, inputs), inputs)
+    assert result.stages[-1].stats["layers_int8"] > 0
+    assert _run_on_tvm(result.graph_module, inputs) <= 2e-2

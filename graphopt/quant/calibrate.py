@@ -1,0 +1,80 @@
+"""Run the float graph on calibration data and feed each site's values to its observer.
+
+One interpreted run per batch; a site's value is observed right after its node runs (the
+graph is functional by then, see ``functionalize.py``). ``take_samples`` cuts the data at a
+number of samples (along each input's first dimension) so a recipe's ``samples: 128`` means
+128 images whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+import torch
+from torch import Tensor
+from torch.fx import GraphModule, Interpreter, Node
+
+from graphopt.quant.observers import Observer
+
+__all__ = ["observe", "take_samples"]
+
+
+class _Observing(Interpreter):
+    def __init__(self, gm: GraphModule, observers: Mapping[str, Observer]) -> None:
+        super().__init__(gm)
+        self.observers = observers
+
+    def run_node(self, n: Node) -> object:
+        result = super().run_node(n)
+        observer = self.observers.get(n.name)
+        if observer is not None and isinstance(result, Tensor):
+            observer.update(result)
+        return result
+
+
+def observe(
+    gm: GraphModule,
+    observers: Mapping[str, Observer],
+    batches: Iterable[tuple[Tensor, ...]],
+    *,
+    progress: bool = False,
+) -> int:
+    """Run every batch through ``gm``; returns the number of batches seen."""
+    batches = list(batches)
+    runner = _Observing(gm, observers)
+    with torch.no_grad(), _progress(len(batches), progress) as advance:
+        for inputs in batches:
+            runner.run(*inputs)
+            advance()
+    return len(batches)
+
+
+def take_samples(
+    batches: Iterable[tuple[Tensor, ...]], samples: int
+) -> Iterator[tuple[Tensor, ...]]:
+    """The first ``samples`` samples of ``batches`` (the last batch sliced to fit)."""
+    left = samples
+    for inputs in batches:
+        if left <= 0:
+            return
+        size = inputs[0].shape[0] if inputs and inputs[0].dim() else 1
+        if size > left:
+            inputs = tuple(t[:left] for t in inputs)
+            size = left
+        left -= size
+        yield inputs
+
+
+@contextlib.contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on a terminal, nothing otherwise; yields an ``advance()``."""
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("calibrating", total=total)
+        yield lambda: bar.advance(task)

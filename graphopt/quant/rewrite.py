@@ -1,0 +1,104 @@
+"""Write quantization into the graph: int8 weights and activation quantize/dequantize pairs.
+
+The result is the deployable QDQ form, as ``torch.ao``'s PT2E ``convert`` writes it and as
+the ONNX exporter maps it one-to-one onto ``QuantizeLinear``/``DequantizeLinear``:
+
+- weight: an int8 buffer ``<weight>_int8`` with per-channel ``scale`` and ``zero_point``
+  buffers → ``quantized_decomposed.dequantize_per_channel`` → the conv/linear;
+- activation ``x``: ``quantize_per_tensor(x) → dequantize_per_tensor`` inserted right after
+  the node that produces ``x``; readers take the dequantized value, except the float readers
+  (layers kept in float, graph outputs).
+
+The torch module computes exactly what an int8 runtime computes up to float rounding of the
+accumulation, so its outputs are the reference for the ONNX Runtime check. Every inserted node
+carries ``meta["graphopt_quant"]`` (``"weight"`` or ``"activation"``) for ``qat.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.ao.quantization.fx._decomposed  # registers the quantized_decomposed ops
+from torch.fx import GraphModule, Node
+
+from graphopt.ir import fresh_attribute_name, get_tensor, set_tensor
+from graphopt.quant.placement import QuantLayer, Sites
+from graphopt.quant.qparams import WEIGHT_QMAX, ActivationQParams, quantize_weight
+
+__all__ = ["QUANT_META", "QuantOps", "insert_activation_qdq", "quantize_weights"]
+
+QUANT_META = "graphopt_quant"
+
+
+class QuantOps:
+    """The ``quantized_decomposed`` overloads the QDQ form uses."""
+
+    q = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    dq_channel = torch.ops.quantized_decomposed.dequantize_per_channel.default
+
+
+def quantize_weights(gm: GraphModule, layers: Sequence[QuantLayer]) -> int:
+    """Store each layer's weight as int8 (per output channel) behind a dequantize node."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    done = 0
+    for layer in layers:
+        node = nodes[layer.node]
+        weight_node = node.args[1]
+        weight = get_tensor(gm, weight_node)
+        if weight is None:
+            continue
+        q, scales, zero_points = quantize_weight(weight, axis=0)
+        names = {}
+        for suffix, value in (("int8", q), ("scale", scales), ("zero_point", zero_points)):
+            names[suffix] = fresh_attribute_name(gm, f"{layer.weight}_{suffix}")
+            set_tensor(gm, names[suffix], value, parameter=False)
+        with gm.graph.inserting_before(node):
+            args = [gm.graph.get_attr(names[s]) for s in ("int8", "scale", "zero_point")]
+            dequant = gm.graph.call_function(
+                QuantOps.dq_channel,
+                (*args, 0, -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8),
+            )
+        dequant.meta[QUANT_META] = "weight"
+        node.replace_input_with(weight_node, dequant)
+        _drop_if_unused(gm, weight_node)
+        done += 1
+    return done
+
+
+def insert_activation_qdq(
+    gm: GraphModule, sites: Sites, qparams: Mapping[str, ActivationQParams]
+) -> int:
+    """A quantize/dequantize pair after every site tensor that a quantized reader reads."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    inserted = 0
+    for name in sites.all:
+        node = nodes[name]
+        params = qparams[sites.shared.get(name, name)]
+        readers = [u for u in node.users if u.name not in sites.float_readers]
+        if not readers:
+            continue
+        with gm.graph.inserting_after(node):
+            quant = gm.graph.call_function(QuantOps.q, (node, *params.args()))
+        with gm.graph.inserting_after(quant):
+            dequant = gm.graph.call_function(QuantOps.dq, (quant, *params.args()))
+        for new in (quant, dequant):
+            new.meta[QUANT_META] = "activation"
+        for reader in readers:
+            reader.replace_input_with(node, dequant)
+        inserted += 1
+    return inserted
+
+
+def _drop_if_unused(gm: GraphModule, node: Node) -> None:
+    if node.users or node.op != "get_attr":
+        return
+    target = str(node.target)
+    gm.graph.erase_node(node)
+    if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+        return
+    owner_path, _, leaf = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    if hasattr(owner, leaf):
+        delattr(owner, leaf)
