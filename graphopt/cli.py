@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from graphopt.loading import load_callable, load_model
+    from graphopt.loading import load_callable, load_data, load_model
     from graphopt.recipe import load_recipe
     from graphopt.runner import compress
 
@@ -94,12 +94,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _status(console) as say:
         say(f"loading {recipe.model}")
         model, inputs = load_model(recipe.model, input_shape=recipe.input_shape, seed=recipe.seed)
+        data = load_data(recipe.data, inputs, seed=recipe.seed) if recipe.data else None
         run = compress(
             model,
             inputs,
             recipe.build_passes(),
             backends=recipe.build_backends(),
             evaluate=evaluate,
+            data=data,
             warmup=recipe.warmup,
             runs=recipe.runs,
             name=recipe.model,

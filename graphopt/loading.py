@@ -5,14 +5,17 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from graphopt.errors import RecipeError
 
-__all__ = ["load_callable", "load_model", "parse_shape"]
+if TYPE_CHECKING:
+    from graphopt.data import TaskData
+
+__all__ = ["load_callable", "load_data", "load_model", "parse_shape"]
 
 
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
@@ -78,3 +81,39 @@ def load_model(
         raise RecipeError(f"model factory {spec!r} gave no example inputs: give an input shape")
     inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     return model.eval(), inputs
+
+
+def load_data(spec: str, example_inputs: tuple[torch.Tensor, ...], *, seed: int = 0) -> TaskData:
+    """A recipe's ``data:`` → ``TaskData``: ``package.module:callable`` returning one, or
+    ``random``: 64 synthetic calibration samples shaped like the example inputs (normal
+    floats; integer inputs such as token ids drawn below the example's largest value + 1).
+    Synthetic data calibrates ranges only; it says nothing about accuracy."""
+    from graphopt.data import TaskData
+
+    if spec == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return TaskData(calibration=[_random_like(example_inputs, generator) for _ in range(8)])
+    factory = load_callable(spec, what="data")
+    try:
+        produced = factory()
+    except Exception as exc:
+        raise RecipeError(f"data {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(produced, TaskData):
+        raise RecipeError(
+            f"data {spec!r} returned {type(produced).__name__}, not graphopt.data.TaskData"
+        )
+    return produced
+
+
+def _random_like(
+    inputs: tuple[torch.Tensor, ...], generator: torch.Generator, batch: int = 8
+) -> tuple[torch.Tensor, ...]:
+    out = []
+    for t in inputs:
+        shape = (batch, *t.shape[1:])
+        if t.is_floating_point():
+            out.append(torch.randn(shape, generator=generator, dtype=t.dtype))
+        else:
+            high = int(t.max()) + 1 if t.numel() else 2
+            out.append(torch.randint(0, max(high, 1), shape, generator=generator, dtype=t.dtype))
+    return tuple(out)

@@ -23,6 +23,7 @@ from graphopt.analysis import analyze
 from graphopt.capture import as_input_tuple
 from graphopt.errors import NumericsError, PassError
 from graphopt.ir import propagate_shapes
+from graphopt.metrics import EvalFn, evaluate_metric
 from graphopt.passes.base import Pass, PassContext
 
 __all__ = ["PassManager", "PipelineResult", "StageReport", "relative_error"]
@@ -42,6 +43,7 @@ class StageReport:
     peak_activation_bytes: int
     relative_error: float
     stats: dict[str, Any] = field(default_factory=dict)
+    task_metric: dict[str, float] | None = None  # the user's metric after this stage
 
 
 @dataclass(frozen=True)
@@ -75,15 +77,24 @@ class PassManager:
         example_inputs: torch.Tensor | Sequence[torch.Tensor],
         *,
         context: PassContext | None = None,
+        evaluate: EvalFn | None = None,
     ) -> PipelineResult:
-        """Run the pipeline. ``gm`` itself is never modified: the manager works on a copy."""
+        """Run the pipeline. ``gm`` itself is never modified: the manager works on a copy.
+
+        With ``evaluate`` (the user's task metric), every stage, the capture included, is
+        evaluated and the value recorded in its ``StageReport.task_metric``.
+        """
         inputs = as_input_tuple(example_inputs)
         ctx = context or PassContext(example_inputs=inputs)
         with warnings.catch_warnings():  # torch's pytree deprecation noise on deepcopy
             warnings.filterwarnings("ignore", category=FutureWarning)
             current = copy.deepcopy(gm)
         reference = _outputs(current, inputs)
-        stages = [_stage("capture", True, False, 0.0, current, 0.0, {})]
+
+        def metric(module: GraphModule) -> dict[str, float] | None:
+            return None if evaluate is None else evaluate_metric(evaluate, module)
+
+        stages = [_stage("capture", True, False, 0.0, current, 0.0, {}, metric(current))]
         for p in self.passes:
             start = time.perf_counter()
             result = p.run(current, ctx)
@@ -100,7 +111,14 @@ class PassManager:
                 )
             stages.append(
                 _stage(
-                    p.name, p.exact, result.modified, seconds, current, error, dict(result.stats)
+                    p.name,
+                    p.exact,
+                    result.modified,
+                    seconds,
+                    current,
+                    error,
+                    dict(result.stats),
+                    metric(current),
                 )
             )
             reference = outputs
@@ -150,6 +168,7 @@ def _stage(
     gm: GraphModule,
     error: float,
     stats: dict[str, Any],
+    task_metric: dict[str, float] | None,
 ) -> StageReport:
     cost = analyze(gm)
     return StageReport(
@@ -163,4 +182,5 @@ def _stage(
         peak_activation_bytes=cost.peak_activation_bytes,
         relative_error=error,
         stats=stats,
+        task_metric=task_metric,
     )

@@ -10,6 +10,9 @@
       - tvm: {trials: 64}
     benchmark: {warmup: 10, runs: 50}
     evaluate: mypkg.tasks:accuracy  # optional: callable(model) -> float or {name: float}
+    data: mypkg.tasks:data          # optional: callable() -> graphopt.data.TaskData (train and
+                                    # calibration batches, evaluate); or `random` for synthetic
+                                    # calibration inputs shaped like the example inputs
     output: out/resnet18
 
 Everything is validated when loaded, so a typo fails before any work starts.
@@ -31,7 +34,17 @@ from graphopt.passes import Pass, get_pass
 
 __all__ = ["Recipe", "StepSpec", "load_recipe", "parse_recipe"]
 
-_KEYS = {"model", "input_shape", "seed", "passes", "backends", "benchmark", "evaluate", "output"}
+_KEYS = {
+    "model",
+    "input_shape",
+    "seed",
+    "passes",
+    "backends",
+    "benchmark",
+    "evaluate",
+    "data",
+    "output",
+}
 _BENCH_KEYS = {"warmup", "runs"}
 
 
@@ -54,6 +67,7 @@ class Recipe:
     runs: int
     evaluate: str | None
     output: Path
+    data: str | None = None
 
     def build_passes(self) -> list[Pass]:
         return [get_pass(step.name, **step.options) for step in self.passes]
@@ -95,6 +109,11 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
     evaluate = data.get("evaluate")
     if evaluate is not None and (not isinstance(evaluate, str) or ":" not in evaluate):
         raise RecipeError("recipe key 'evaluate' must be package.module:callable")
+    data_spec = data.get("data")
+    if data_spec is not None and (
+        not isinstance(data_spec, str) or (data_spec != "random" and ":" not in data_spec)
+    ):
+        raise RecipeError("recipe key 'data' must be package.module:callable or 'random'")
     recipe = Recipe(
         model=model,
         input_shape=parse_shape(data["input_shape"]) if data.get("input_shape") else None,
@@ -105,6 +124,7 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
         runs=runs,
         evaluate=evaluate,
         output=Path(data.get("output") or default_output),
+        data=data_spec,
     )
     recipe.build_passes()  # validates pass names and options now, before any work
     recipe.build_backends()

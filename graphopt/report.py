@@ -146,15 +146,17 @@ class CompressionReport:
             "",
             "## Stages",
             "",
-            "| stage | exact | modified | time s | params | MACs | size | rel. error | notes |",
-            "|---|---|---|---:|---:|---:|---:|---:|---|",
+            "| stage | exact | modified | time s | params | MACs | size | rel. error | task metric "
+            "| notes |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for s in self.stages:
             lines.append(
                 f"| {s.name} | {s.exact} | {s.modified} | {s.seconds:.2f} | "
                 f"{_human(s.params)} | {_human(s.macs)} | {_human(s.size_bytes)}B | "
-                f"{s.relative_error:.2e} | {_stage_notes(s)} |"
+                f"{s.relative_error:.2e} | {_metric_text(s.task_metric)} | {_stage_notes(s)} |"
             )
+        lines += _sensitivity_markdown(self.stages)
         if plot_name:
             lines += ["", f"![latency and size per stage]({plot_name})"]
         return "\n".join(lines) + "\n"
@@ -193,7 +195,9 @@ class CompressionReport:
             )
         console.print(gem)
         stages = Table(title="stages")
-        for col in ("stage", "modified", "time s", "params", "MACs", "rel. error", "notes"):
+        columns = ["stage", "modified", "time s", "params", "MACs", "size", "rel. error"]
+        with_metric = any(s.task_metric for s in self.stages)
+        for col in [*columns, *(["task metric"] if with_metric else []), "notes"]:
             stages.add_column(col)
         for s in self.stages:
             stages.add_row(
@@ -202,7 +206,9 @@ class CompressionReport:
                 f"{s.seconds:.2f}",
                 _human(s.params),
                 _human(s.macs),
+                f"{_human(s.size_bytes)}B",
                 f"{s.relative_error:.2e}",
+                *([_metric_text(s.task_metric)] if with_metric else []),
                 _stage_notes(s, limit=3),
             )
         console.print(stages)
@@ -247,10 +253,40 @@ class CompressionReport:
         plt.close(fig)
 
 
+def _metric_text(metric: dict[str, float] | None) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in (metric or {}).items())
+
+
+def _sensitivity_markdown(stages: tuple[StageReport, ...], top: int = 10) -> list[str]:
+    """The most int8-sensitive layers of each quantize stage that measured them."""
+    lines: list[str] = []
+    for stage in stages:
+        table = stage.stats.get("sensitivity") or []
+        if not table:
+            continue
+        lines += [
+            "",
+            f"## Int8 sensitivity ({stage.name}): the {min(top, len(table))} most sensitive "
+            f"of {len(table)} layers",
+            "",
+            "Output cosine vs float with only that layer in int8.",
+            "",
+            "| layer | type | cosine | 1 − cosine |",
+            "|---|---|---:|---:|",
+        ]
+        lines += [
+            f"| {r['layer']} | {r['type']} | {r['cosine']:.6f} | {r['error']:.2e} |"
+            for r in table[:top]
+        ]
+    return lines
+
+
 def _stage_notes(stage: StageReport, *, limit: int | None = None) -> str:
     """The pass's scalar stats and its refusals; ``limit`` keeps the first few (terminal)."""
     simple = [(k, v) for k, v in stage.stats.items() if isinstance(v, (int, float, str))]
-    notes = ", ".join(f"{k}={v}" for k, v in simple[:limit])
+    notes = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in simple[:limit]
+    )
     refused = stage.stats.get("refused") or []
     if refused:
         notes += (

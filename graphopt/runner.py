@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,14 +13,13 @@ from torch.fx import GraphModule
 from graphopt.analysis import analyze
 from graphopt.backends.base import Backend
 from graphopt.capture import as_input_tuple, trace
-from graphopt.errors import GraphoptError
+from graphopt.data import TaskData
+from graphopt.metrics import EvalFn, evaluate_metric
 from graphopt.pass_manager import PassManager
-from graphopt.passes import Pass
+from graphopt.passes import Pass, PassContext
 from graphopt.report import BackendLatency, CompressionReport
 
-__all__ = ["CompressionRun", "compress", "evaluate_metric"]
-
-EvalFn = Callable[[nn.Module], "float | dict[str, float]"]
+__all__ = ["CompressionRun", "compress", "evaluate_metric", "latency_probe"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,7 @@ def compress(
     *,
     backends: Sequence[Backend] = (),
     evaluate: EvalFn | None = None,
+    data: TaskData | None = None,
     warmup: int = 10,
     runs: int = 50,
     name: str | None = None,
@@ -46,15 +45,22 @@ def compress(
 ) -> CompressionRun:
     """Capture ``model``, run ``passes``, measure on ``backends`` and build the report.
 
-    The user's model is never modified (``trace`` deep-copies it). Backend latencies of the
-    original and the compressed graph are measured interleaved in one loop per backend.
+    The user's model is never modified (``trace`` deep-copies it). ``data`` (a ``TaskData``)
+    gives passes training and calibration batches; its ``evaluate`` is used when
+    ``evaluate`` is not given. With an evaluation function the task metric is measured after
+    every stage. Passes also find the captured original (``"teacher"``, for distillation)
+    and, when there is a backend, ``"latency"``: a probe timing a module on the first one.
+    Backend latencies of the original and the compressed graph are measured interleaved in
+    one loop per backend.
     """
     inputs = as_input_tuple(example_inputs)
     say = progress or (lambda _msg: None)
+    evaluate = evaluate or (data.evaluate if data is not None else None)
     say("capturing with torch.export")
     original = trace(model, inputs)
+    context = PassContext(inputs, _extras(original, data, evaluate, backends, warmup, runs))
     say(f"running {len(passes)} pass(es)")
-    result = PassManager(passes).run(original, inputs)
+    result = PassManager(passes).run(original, inputs, context=context, evaluate=evaluate)
     compressed = result.graph_module
     latencies = []
     for backend in backends:
@@ -64,10 +70,9 @@ def compress(
         )
     task_metric = None
     if evaluate is not None:
-        say("evaluating the task metric")
         task_metric = {
-            "original": evaluate_metric(evaluate, original),
-            "compressed": evaluate_metric(evaluate, compressed),
+            "original": result.stages[0].task_metric or {},
+            "compressed": result.stages[-1].task_metric or {},
         }
     report = CompressionReport(
         model=name or type(model).__name__,
@@ -78,6 +83,44 @@ def compress(
         task_metric=task_metric,
     )
     return CompressionRun(original, compressed, inputs, report)
+
+
+def _extras(
+    original: GraphModule,
+    data: TaskData | None,
+    evaluate: EvalFn | None,
+    backends: Sequence[Backend],
+    warmup: int,
+    runs: int,
+) -> dict[str, Any]:
+    extras: dict[str, Any] = {"teacher": original}
+    if data is not None and data.train is not None:
+        extras["train"] = data.train
+    if data is not None and data.calibration is not None:
+        extras["calibration"] = data.calibration
+    if evaluate is not None:
+        extras["evaluate"] = evaluate
+    if backends:
+        extras["latency"] = latency_probe(backends[0], warmup=min(warmup, 5), runs=min(runs, 20))
+    return extras
+
+
+def latency_probe(
+    backend: Backend, *, warmup: int = 5, runs: int = 20
+) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], float]:
+    """``probe(module, inputs) -> median seconds`` on ``backend`` (for latency-driven passes)."""
+    from graphopt.backends.base import measure_interleaved, to_numpy_inputs
+
+    def probe(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
+        compiled = backend.compile(module, inputs)
+        arrays = to_numpy_inputs(inputs)
+        batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+        stats = measure_interleaved(
+            {"m": lambda: compiled.run(arrays)}, batch_size=batch, warmup=warmup, runs=runs
+        )
+        return stats["m"].median_ms / 1e3
+
+    return probe
 
 
 def measure_pair(
@@ -105,17 +148,3 @@ def measure_pair(
         max_rel_diff=comp.max_rel_diff,
         info=dict(comp.info),
     )
-
-
-def evaluate_metric(evaluate: EvalFn, model: nn.Module) -> dict[str, float]:
-    """Call the user's evaluation function; its failure is reported with its traceback once."""
-    try:
-        value: Any = evaluate(model)
-    except Exception as exc:
-        tb = "".join(traceback.format_exception(exc)).rstrip()
-        raise GraphoptError(
-            f"the evaluation function raised {type(exc).__name__}: {exc}\n{tb}"
-        ) from exc
-    if isinstance(value, dict):
-        return {str(k): float(v) for k, v in value.items()}
-    return {"metric": float(value)}
