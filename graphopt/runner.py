@@ -101,24 +101,44 @@ def _extras(
     if evaluate is not None:
         extras["evaluate"] = evaluate
     if backends:
-        extras["latency"] = latency_probe(backends[0], warmup=min(warmup, 5), runs=min(runs, 20))
+        extras["latency"] = latency_probe(
+            backends[0], original, warmup=min(warmup, 5), runs=min(runs, 20)
+        )
     return extras
 
 
 def latency_probe(
-    backend: Backend, *, warmup: int = 5, runs: int = 20
+    backend: Backend, reference: nn.Module, *, warmup: int = 5, runs: int = 20
 ) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], float]:
-    """``probe(module, inputs) -> median seconds`` on ``backend`` (for latency-driven passes)."""
+    """``probe(module, inputs) -> seconds`` on ``backend``, for latency-driven passes.
+
+    On a shared machine one absolute median drifts with the load, so each candidate is timed
+    round-robin against ``reference`` (compiled once) and reported as its ratio to the
+    reference times the reference's first, longer measurement: candidates measured minutes
+    apart stay comparable.
+    """
     from graphopt.backends.base import measure_interleaved, to_numpy_inputs
 
+    state: dict[str, Any] = {}
+
     def probe(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> float:
-        compiled = backend.compile(module, inputs)
         arrays = to_numpy_inputs(inputs)
         batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+        if "reference" not in state:
+            ref = backend.compile(reference, inputs)
+            state["reference"] = ref
+            baseline = measure_interleaved(
+                {"ref": lambda: ref.run(arrays)}, batch_size=batch, warmup=warmup, runs=2 * runs
+            )
+            state["baseline_s"] = baseline["ref"].median_ms / 1e3
+        ref, compiled = state["reference"], backend.compile(module, inputs)
         stats = measure_interleaved(
-            {"m": lambda: compiled.run(arrays)}, batch_size=batch, warmup=warmup, runs=runs
+            {"ref": lambda: ref.run(arrays), "m": lambda: compiled.run(arrays)},
+            batch_size=batch,
+            warmup=warmup,
+            runs=runs,
         )
-        return stats["m"].median_ms / 1e3
+        return state["baseline_s"] * stats["m"].median_ms / stats["ref"].median_ms
 
     return probe
 

@@ -1,5 +1,6 @@
 """Built-in rewrite passes. Importing this package registers them by name."""
 
+from graphopt.passes.adapt import Adapt
 from graphopt.passes.base import (
     Pass,
     PassContext,
@@ -16,6 +17,7 @@ from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.quantize import Quantize
 
 __all__ = [
+    "Adapt",
     "FoldBatchNorm",
     "LowRank",
     "Pass",

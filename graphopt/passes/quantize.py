@@ -24,9 +24,10 @@ The result is the deployable QDQ graph (int8 weights as buffers, so the model si
 them as one byte). ``graphopt.quant.qat.to_trainable`` turns it into a fake-quantized,
 trainable graph for quantization-aware training; the ``recover`` pass does that itself.
 
-Stats: the output cosine and top-1 agreement against the float graph on the calibration
-data, layers in int8 and in float (with the reason), QDQ pairs, and — for ``mixed``, or with
-``sensitivity: true`` — the per-layer sensitivity table.
+Stats: the output cosine and top-1 agreement against the float graph on the first
+``sensitivity_samples`` calibration samples, layers in int8 and in float (with the reason),
+QDQ pairs, and — for ``mixed``, or with ``sensitivity: true`` — the per-layer sensitivity
+table.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class Quantize(Pass):
             stats["mixed_evaluations"] = choice.evaluations
         else:
             converted = convert(gm, layers, qparams)
-        score = agreement(run_batches(gm, batches), run_batches(converted.graph_module, batches))
+        score = agreement(run_batches(gm, probe), run_batches(converted.graph_module, probe))
         stats |= {
             "activations": self.activations,
             "observer": self.observer,

@@ -26,6 +26,7 @@ the pruned graph.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ from graphopt.pruning.groups import PruningGroup
 
 __all__ = [
     "CostModel",
+    "removal_order",
     "schedule",
     "select_by_count",
     "select_by_ratio",
@@ -69,6 +71,13 @@ class CostModel:
         self.node_macs = dict(self.base)
         self.total = sum(self.base.values()) + 0.0
         self.original = self.total
+
+    def copy(self) -> CostModel:
+        """An independent copy: predict a removal without changing this model."""
+        twin = copy.copy(self)
+        twin.removed = dict(self.removed)
+        twin.node_macs = dict(self.node_macs)
+        return twin
 
     def remove(self, group_id: str, units: Sequence[int]) -> None:
         """Account for removing ``units`` of a group (each at most once)."""
@@ -102,7 +111,8 @@ def valid_removals(group: PruningGroup, order: Sequence[int], round_to: int, min
     return valid
 
 
-def _order(group: PruningGroup, scores: torch.Tensor) -> list[int]:
+def removal_order(group: PruningGroup, scores: torch.Tensor) -> list[int]:
+    """The prunable units of ``group``, lowest-scored first (ties: lower unit number)."""
     units = list(group.prunable_units)
     return sorted(units, key=lambda u: (float(scores[u]), u))
 
@@ -141,7 +151,7 @@ def select_by_count(
     """Per group, its ``counts[id]`` lowest-scored units (fewer to keep counts valid)."""
     plan = {}
     for g in groups:
-        order = _order(g, scores[g.id])
+        order = removal_order(g, scores[g.id])
         wanted = counts.get(g.id, 0)
         r = max(v for v in valid_removals(g, order, round_to, min_channels) if v <= wanted)
         if r:
@@ -189,7 +199,7 @@ class _Search:
 
     @classmethod
     def of(cls, g: PruningGroup, scores: torch.Tensor, rank: int, round_to: int, mins: int):
-        order = _order(g, scores)
+        order = removal_order(g, scores)
         values = [float(scores[u]) for u in order]
         scale = sum(values) / len(values) if values else 1.0
         scale = scale if scale > 0 else 1.0

@@ -1,0 +1,287 @@
+"""Latency- or MACs-targeted channel pruning chosen by search (NetAdapt, Yang et al. 2018).
+
+``adapt`` prunes until the model keeps at most ``target_latency`` of its latency (measured on
+the deployment backend) or ``target_macs`` of its MACs, removing per iteration ``step`` of the
+original resource from the one group whose candidate scores best; ``graphopt.search.netadapt``
+has the algorithm. It reuses the pruning package throughout: groups and frozen channels,
+importance (which channels of a group go first), valid counts (``round_to``,
+``min_channels``), surgery, and the plan it returns (``stats["plan"]``, replayable with
+``graphopt.pruning.apply_plan``).
+
+What the pass reads from ``ctx.extras``:
+
+- ``"latency"``: ``(module, example_inputs) -> seconds`` (a median), required with
+  ``target_latency``. The runner builds it from the recipe's backend; a pass never imports a
+  backend. Measurements are cached per channel configuration (``graphopt.search.latency_cache``:
+  NetAdapt's lookup table, at whole-model granularity).
+- ``"evaluate"``: ``model -> float | {name: float}`` (higher is better; a mapping's first
+  value), the candidates' score; without it, the cosine similarity of the candidate's outputs
+  with the pass's input graph's on ``"calibration"`` (its first 8 batches) or the example
+  inputs.
+- ``"train"`` (and optionally ``"teacher"``, default the pass's input graph): with
+  ``short_finetune_steps > 0``, each candidate is fine-tuned before it is scored, as NetAdapt
+  does, by ``graphopt.recovery.distill(student, teacher, train, steps=n)`` (``train`` yields
+  ``(inputs, labels)``, labels may be None) when that module imports; otherwise there is no
+  fine-tuning, and ``stats["finetune"]`` says why.
+
+``round_to`` defaults to 16: ONNX Runtime's blocked (NCHWc) conv kernels need channel counts
+that are multiples of the block, and a pruned count off the grid can make a layer slower.
+
+An unreachable budget is not an error: the pass returns the closest model it found, with
+``stats["budget_met"] = False`` and ``stats["message"]`` saying why.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.fx import GraphModule
+
+from graphopt.errors import GraphoptError, PassError
+from graphopt.lowrank.calibration import input_batches
+from graphopt.passes.base import Pass, PassContext, PassResult, register_pass
+from graphopt.pruning.dependency import build_channel_graph
+from graphopt.pruning.importance import METHODS
+from graphopt.search.latency_cache import LatencyCache
+from graphopt.search.netadapt import (
+    CostFn,
+    Finetune,
+    ScoreFn,
+    SearchOptions,
+    SearchResult,
+    output_fidelity,
+    search,
+)
+
+__all__ = ["Adapt"]
+
+_FIDELITY_BATCHES = 8
+
+
+@register_pass
+class Adapt(Pass):
+    """Prune to a latency or MACs budget, one searched step at a time (NetAdapt)."""
+
+    name = "adapt"
+    exact = False
+
+    def __init__(
+        self,
+        *,
+        target_latency: float | None = None,
+        target_macs: float | None = None,
+        step: float = 0.05,
+        step_decay: float = 1.0,
+        importance: str = "l2",
+        round_to: int = 16,
+        min_channels: int = 1,
+        ignore: Sequence[str] = (),
+        max_iterations: int = 50,
+        short_finetune_steps: int = 0,
+    ) -> None:
+        if (target_latency is None) == (target_macs is None):
+            raise ValueError(
+                "give exactly one of target_latency (fraction of the original latency to "
+                "keep) and target_macs (fraction of the MACs to keep); got target_latency="
+                f"{target_latency!r}, target_macs={target_macs!r}"
+            )
+        for option, value in (("target_latency", target_latency), ("target_macs", target_macs)):
+            if value is not None and not (_is_number(value) and 0 < value <= 1):
+                raise ValueError(f"{option} must be a number in (0, 1], got {value!r}")
+        if not (_is_number(step) and 0 < step < 1):
+            raise ValueError(
+                f"step must be a number in (0, 1): the fraction of the original cost to cut "
+                f"per iteration, e.g. 0.05; got {step!r}"
+            )
+        if not (_is_number(step_decay) and 0 < step_decay <= 1):
+            raise ValueError(f"step_decay must be a number in (0, 1], got {step_decay!r}")
+        if importance not in METHODS:
+            raise ValueError(f"importance must be one of {', '.join(METHODS)}, got {importance!r}")
+        for option, value, least in (
+            ("round_to", round_to, 1),
+            ("min_channels", min_channels, 1),
+            ("max_iterations", max_iterations, 1),
+            ("short_finetune_steps", short_finetune_steps, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{option} must be an int >= {least}, got {value!r}")
+        if isinstance(ignore, str) or not all(isinstance(p, str) and p for p in ignore):
+            raise ValueError(
+                f"ignore must be a list of module paths such as ['fc'], got {ignore!r}"
+            )
+        self.target_latency = None if target_latency is None else float(target_latency)
+        self.target_macs = None if target_macs is None else float(target_macs)
+        self.step = float(step)
+        self.step_decay = float(step_decay)
+        self.importance = importance
+        self.round_to = round_to
+        self.min_channels = min_channels
+        self.ignore = tuple(ignore)
+        self.max_iterations = max_iterations
+        self.short_finetune_steps = short_finetune_steps
+
+    def requires(self, gm: GraphModule, ctx: PassContext) -> None:
+        if self.target_latency is not None and not callable(ctx.extras.get("latency")):
+            raise PassError(
+                self.name,
+                "target_latency needs ctx.extras['latency'], a callable (module, "
+                "example_inputs) -> seconds; a recipe's runner builds it from its first "
+                "backend, in Python pass PassContext(inputs, extras={'latency': fn}), or use "
+                "target_macs",
+            )
+        evaluate = ctx.extras.get("evaluate")
+        if evaluate is not None and not callable(evaluate):
+            raise PassError(
+                self.name,
+                f"ctx.extras['evaluate'] must be a callable model -> float, got "
+                f"{type(evaluate).__name__}",
+            )
+        cg = build_channel_graph(gm, ignore=self.ignore)
+        unmatched = [p for p in self.ignore if p not in cg.ignored_matches]
+        if unmatched:
+            layers = sorted({s.module for s in cg.spaces if s.source and s.module})
+            raise PassError(
+                self.name,
+                f"ignore={unmatched[0]!r} matches no conv/linear/embedding layer; layers "
+                f"are named like {', '.join(layers[:5])}",
+            )
+
+    def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
+        kind = "latency" if self.target_latency is not None else "macs"
+        inputs = tuple(ctx.example_inputs)
+        cache = LatencyCache()
+        options = SearchOptions(
+            kind=kind,
+            target=self.target_latency if kind == "latency" else self.target_macs,
+            step=self.step,
+            step_decay=self.step_decay,
+            importance=self.importance,
+            round_to=self.round_to,
+            min_channels=self.min_channels,
+            ignore=self.ignore,
+            max_iterations=self.max_iterations,
+        )
+        score, metric_name = self._scorer(gm, ctx)
+        finetune, finetune_note = self._finetune(gm, ctx)
+        try:
+            result = search(
+                gm, inputs, self._cost(ctx, cache, kind), score, options, finetune=finetune
+            )
+        except PassError:
+            raise
+        except GraphoptError as exc:
+            raise PassError(self.name, str(exc)) from exc
+        stats = _stats(result, kind, metric_name(), cache, finetune_note)
+        return PassResult(result.graph_module, bool(result.plan.removals), stats)
+
+    def _cost(self, ctx: PassContext, cache: LatencyCache, kind: str) -> CostFn:
+        if kind == "macs":
+            return lambda key, build, macs: macs
+        latency = ctx.extras["latency"]
+        inputs = tuple(ctx.example_inputs)
+
+        def measure(key, build: Callable[[], GraphModule], macs: float) -> float:
+            try:
+                return cache.get(key, lambda: latency(build(), inputs))
+            except (TypeError, ValueError) as exc:
+                raise PassError(self.name, f"ctx.extras['latency'] returned badly: {exc}") from exc
+
+        return measure
+
+    def _scorer(self, gm: GraphModule, ctx: PassContext) -> tuple[ScoreFn, Callable[[], str]]:
+        """The candidates' score and (once it has run) its name for the report."""
+        evaluate = ctx.extras.get("evaluate")
+        if evaluate is None:
+            calibration = ctx.extras.get("calibration")
+            batches = (
+                list(itertools.islice(input_batches(calibration), _FIDELITY_BATCHES))
+                if calibration is not None
+                else [tuple(ctx.example_inputs)]
+            )
+            return output_fidelity(gm, batches), lambda: "output cosine similarity"
+        names: list[str] = []
+
+        def score(model: GraphModule) -> float:
+            raw = evaluate(model)
+            if isinstance(raw, dict) and raw and not names:
+                names.append(str(next(iter(raw))))
+            value = _metric_value(raw)
+            if value is None:
+                raise PassError(
+                    self.name,
+                    "ctx.extras['evaluate'] must return a number or a mapping whose first "
+                    f"value is a number, got {raw!r}",
+                )
+            return value
+
+        return score, lambda: names[0] if names else "evaluate"
+
+    def _finetune(self, gm: GraphModule, ctx: PassContext) -> tuple[Finetune | None, str]:
+        steps = self.short_finetune_steps
+        if steps == 0:
+            return None, "none (short_finetune_steps=0)"
+        train = ctx.extras.get("train")
+        if train is None:
+            return None, "skipped: short_finetune_steps needs training batches in extras['train']"
+        try:
+            distill = importlib.import_module("graphopt.recovery").distill
+        except (ImportError, AttributeError):
+            return None, "skipped: graphopt.recovery.distill is not available"
+        teacher = ctx.extras.get("teacher", gm)
+
+        def finetune(student: GraphModule) -> GraphModule:
+            model, _history = distill(student, teacher, train, steps=steps, progress=False)
+            return model
+
+        return finetune, f"graphopt.recovery.distill, {steps} steps per candidate"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _metric_value(value: object) -> float | None:
+    """A metric as a float: a number, or the first value of a mapping; None otherwise."""
+    if isinstance(value, dict):
+        value = next(iter(value.values()), None)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return float(value) if _is_number(value) else None
+
+
+def _stats(
+    result: SearchResult, kind: str, metric: str, cache: LatencyCache, finetune: str
+) -> dict[str, Any]:
+    stats: dict[str, Any] = {
+        "cost": kind,
+        "budget_met": result.budget_met,
+        "message": result.message,
+        "iterations": len(result.trace),
+        "macs_before": round(result.macs_before),
+        "macs_after": round(result.macs_after),
+        "macs_fraction": round(result.macs_after / max(result.macs_before, 1e-12), 6),
+        "metric": metric,
+        "metric_before": result.metric_before,
+        "metric_after": result.metric_after,
+        "channels": result.channels,
+        "trace": result.trace,
+        "candidates": result.candidates,
+        "chosen": result.chosen,
+        "frozen": result.frozen,
+        "finetune": finetune,
+        "plan": result.plan.to_dict(),
+    }
+    if kind == "latency":
+        stats.update(
+            latency_before_s=result.cost_before,
+            latency_after_s=result.cost_after,
+            latency_fraction=round(result.cost_after / result.cost_before, 6),
+            latency_measurements=cache.measurements,
+            latency_cache_hits=cache.hits,
+        )
+    return stats
