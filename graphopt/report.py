@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,33 @@ class CompressionReport:
         json_path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
         plot_path = folder / "report.png"
         self._plot(plot_path)
+        extra_plots = self._search_plots(folder)
         md_path = folder / "report.md"
-        md_path.write_text(self.markdown(plot_name=plot_path.name))
-        return [json_path, md_path, plot_path]
+        md_path.write_text(
+            self.markdown(plot_name=plot_path.name, extra_plots=[p.name for p in extra_plots])
+        )
+        return [json_path, md_path, plot_path, *extra_plots]
 
-    def markdown(self, *, plot_name: str | None = None) -> str:
+    def _search_plots(self, folder: Path) -> list[Path]:
+        """A Pareto plot (metric vs cost of every candidate tried) per search stage."""
+        from graphopt.search.pareto import pareto_plot
+
+        paths = []
+        for index, stage in enumerate(self.stages):
+            candidates = stage.stats.get("candidates")
+            if not candidates:
+                continue
+            path = folder / f"pareto_{index}_{stage.name}.png"
+            pareto_plot(
+                candidates,
+                stage.stats.get("chosen") or [],
+                path,
+                metric_name=str(stage.stats.get("metric", "metric")),
+            )
+            paths.append(path)
+        return paths
+
+    def markdown(self, *, plot_name: str | None = None, extra_plots: Sequence[str] = ()) -> str:
         lines = [f"# graphopt report: {self.model}", ""]
         if self.task_metric:
             lines += [
@@ -157,8 +180,11 @@ class CompressionReport:
                 f"{s.relative_error:.2e} | {_metric_text(s.task_metric)} | {_stage_notes(s)} |"
             )
         lines += _sensitivity_markdown(self.stages)
+        lines += _channels_markdown(self.stages)
         if plot_name:
             lines += ["", f"![latency and size per stage]({plot_name})"]
+        for name in extra_plots:
+            lines += ["", f"![candidates of the search and the chosen path]({name})"]
         return "\n".join(lines) + "\n"
 
     def print(self, console: Any | None = None) -> None:
@@ -277,6 +303,26 @@ def _sensitivity_markdown(stages: tuple[StageReport, ...], top: int = 10) -> lis
         lines += [
             f"| {r['layer']} | {r['type']} | {r['cosine']:.6f} | {r['error']:.2e} |"
             for r in table[:top]
+        ]
+    return lines
+
+
+def _channels_markdown(stages: tuple[StageReport, ...]) -> list[str]:
+    """The per-group channel counts a search stage chose (groups it changed)."""
+    lines: list[str] = []
+    for stage in stages:
+        rows = [r for r in stage.stats.get("channels") or [] if r.get("before") != r.get("after")]
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"## Channels chosen ({stage.name}): {len(rows)} groups changed",
+            "",
+            "| group | before | after | kept |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['group']} | {r['before']} | {r['after']} | {r['ratio']:.2f} |" for r in rows
         ]
     return lines
 
