@@ -19,8 +19,10 @@ op that produces it, and every reader takes the dequantized value — the quanti
   Runtime drops it and runs the op on int8.
 
 Layers kept in float (skipped, refused, or chosen by mixed precision) read the float value of
-their input; the graph's outputs stay float. Anything else (softmax, layer norm, GELU,
-attention) computes in float on dequantized inputs, as in ONNX Runtime.
+their input. A site that no quantized op reads (a projection feeding float attention or
+GELU) is dropped; the graph output counts as a reader, so a final conv/linear writes int8 as
+ORT's QGemm needs. Anything else (softmax, layer norm, GELU, attention) computes in float on
+dequantized inputs, as in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class QuantLayer:
 @dataclass(frozen=True)
 class Sites:
     """Tensors (by node name) that get a QDQ pair; ``shared`` maps one to the tensor whose
-    parameters it reuses; ``float_readers`` are the nodes that keep reading the float value."""
+    parameters it reuses; ``float_readers`` are the nodes that keep reading the float value
+    (layers kept in float)."""
 
     own: tuple[str, ...]
     shared: dict[str, str]
@@ -133,6 +136,7 @@ def find_sites(
     float_layers = frozenset(weighted - set(active))
     own: dict[str, None] = {}
     shared: dict[str, str] = {}
+    consumers = {n.name for n in gm.graph.nodes if n.op == "output"}
 
     def is_site(value: object) -> bool:
         return isinstance(value, Node) and (value.name in own or value.name in shared)
@@ -148,11 +152,37 @@ def find_sites(
             continue
         else:
             continue
+        consumers.add(node.name)
         for value in new:
             if _is_float_tensor(value) and value.name not in shared:
                 own[value.name] = None
-    readers = float_layers | {n.name for n in gm.graph.nodes if n.op == "output"}
-    return Sites(tuple(own), shared, frozenset(readers))
+    return _drop_unread(gm, own, shared, consumers, float_layers)
+
+
+def _drop_unread(
+    gm: GraphModule,
+    own: dict[str, None],
+    shared: dict[str, str],
+    consumers: set[str],
+    float_layers: frozenset[str],
+) -> Sites:
+    """Keep the sites that a quantized op (or the graph output) reads, through data movement.
+
+    A layer output read only by float ops (attention, GELU, LayerNorm) would get a pair ONNX
+    Runtime runs as two standalone ops, adding rounding for nothing. The graph output does
+    count as a reader: ORT fuses a final Gemm into QGemm only when its output is quantized
+    (as ``quantize_static`` does), and a float Gemm would dequantize its whole weight per call.
+    """
+    nodes = {n.name: n for n in gm.graph.nodes}
+
+    def read(name: str) -> bool:
+        return any(
+            u.name in consumers or (u.name in shared and read(u.name)) for u in nodes[name].users
+        )
+
+    kept_own = tuple(name for name in own if read(name))
+    kept_shared = {k: v for k, v in shared.items() if v in kept_own and read(k)}
+    return Sites(kept_own, kept_shared, float_layers)
 
 
 def _skipped(path: str, kind: str, skip: Sequence[str]) -> bool:
