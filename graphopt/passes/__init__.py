@@ -15,6 +15,7 @@ from graphopt.passes.fold_batchnorm import FoldBatchNorm
 from graphopt.passes.low_rank import LowRank
 from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.quantize import Quantize
+from graphopt.passes.recover import Recover
 
 __all__ = [
     "Adapt",
@@ -25,6 +26,7 @@ __all__ = [
     "PassResult",
     "PruneChannels",
     "Quantize",
+    "Recover",
     "Refusal",
     "describe_passes",
     "get_pass",

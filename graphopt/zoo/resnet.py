@@ -73,26 +73,42 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The torchvision ResNet: stem, four stages of residual blocks, global pool, classifier."""
+    """The torchvision ResNet: stem, four stages of residual blocks, global pool, classifier.
+
+    The defaults are torchvision's. For small images (32×32) ``stem="cifar"`` replaces the
+    7×7/2 conv and the max pool by one 3×3/1 conv (He et al. 2016, §4.2), so the first stage
+    still sees the full resolution; ``width`` is the first stage's channel count (stages have
+    ``width``, ``2·width``, ``4·width``, ``8·width``) and ``in_channels`` the image channels.
+    """
 
     def __init__(
         self,
         block: type[BasicBlock | Bottleneck],
         layers: tuple[int, int, int, int],
         num_classes: int = 1000,
+        *,
+        in_channels: int = 3,
+        width: int = 64,
+        stem: str = "imagenet",
     ) -> None:
         super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.inplanes = width
+        imagenet = stem == "imagenet"
+        kernel, stride = (7, 2) if imagenet else (3, 1)
+        self.conv1 = nn.Conv2d(
+            in_channels, width, kernel, stride=stride, padding=kernel // 2, bias=False
+        )
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if imagenet else nn.Identity()
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.fc = nn.Linear(8 * width * block.expansion, num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
