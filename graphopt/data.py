@@ -1,7 +1,8 @@
 """Task data handed to passes: training batches, calibration inputs, an evaluation function.
 
 A recipe's ``data:`` names a callable returning a ``TaskData``; the runner puts its fields into
-``PassContext.extras`` (``"train"``, ``"calibration"``, ``"evaluate"``), where passes such as
+``PassContext.extras`` (``"train"``, ``"calibration"``, ``"evaluate"``, ``"validate"``), where
+passes such as
 ``recover`` (fine-tuning), ``low_rank`` with ``method: pca`` and quantisation read them.
 
 Every iterable here must be *re-iterable* (a list, a ``DataLoader``, a ``Batches``): passes
@@ -27,12 +28,16 @@ class TaskData:
     ``train``: re-iterable of ``(inputs, labels)``, inputs a tensor or a tuple of tensors,
     labels a tensor or None. ``calibration``: re-iterable of input tuples ``(x,)`` (no labels).
     ``evaluate``: ``callable(model) -> float | {name: float}``, higher is better unless the
-    pass is told otherwise.
+    pass is told otherwise: the metric the report shows (on test data).
+    ``validate``: the same kind of callable on held-out data that is not the test set; passes
+    that *choose* (recovery's best checkpoint, a search's sensitivity) use it, so the test
+    metric is never optimised. Without it they fall back to ``evaluate``.
     """
 
     train: Iterable[tuple[Any, Tensor | None]] | None = None
     calibration: Iterable[tuple[Tensor, ...]] | None = None
     evaluate: Callable[[torch.nn.Module], float | dict[str, float]] | None = None
+    validate: Callable[[torch.nn.Module], float | dict[str, float]] | None = None
 
 
 class Batches:

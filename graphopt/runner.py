@@ -100,6 +100,8 @@ def _extras(
         extras["calibration"] = data.calibration
     if evaluate is not None:
         extras["evaluate"] = evaluate
+    if data is not None and data.validate is not None:
+        extras["validate"] = data.validate
     if backends:
         extras["latency"] = latency_probe(
             backends[0], original, warmup=min(warmup, 5), runs=min(runs, 20)

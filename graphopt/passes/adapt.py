@@ -14,10 +14,10 @@ What the pass reads from ``ctx.extras``:
   ``target_latency``. The runner builds it from the recipe's backend; a pass never imports a
   backend. Measurements are cached per channel configuration (``graphopt.search.latency_cache``:
   NetAdapt's lookup table, at whole-model granularity).
-- ``"evaluate"``: ``model -> float | {name: float}`` (higher is better; a mapping's first
-  value), the candidates' score; without it, the cosine similarity of the candidate's outputs
-  with the pass's input graph's on ``"calibration"`` (its first 8 batches) or the example
-  inputs.
+- ``"validate"`` (else ``"evaluate"``): ``model -> float | {name: float}`` (higher is
+  better; a mapping's first value), the candidates' score; without it, the cosine
+  similarity of the candidate's outputs with the pass's input graph's on ``"calibration"``
+  (its first 8 batches) or the example inputs.
 - ``"train"`` (and optionally ``"teacher"``, default the pass's input graph): with
   ``short_finetune_steps > 0``, each candidate is fine-tuned before it is scored, as NetAdapt
   does, by ``graphopt.recovery.distill(student, teacher, train, steps=n)`` (``train`` yields
@@ -134,7 +134,7 @@ class Adapt(Pass):
                 "backend, in Python pass PassContext(inputs, extras={'latency': fn}), or use "
                 "target_macs",
             )
-        evaluate = ctx.extras.get("evaluate")
+        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
         if evaluate is not None and not callable(evaluate):
             raise PassError(
                 self.name,
@@ -195,7 +195,7 @@ class Adapt(Pass):
 
     def _scorer(self, gm: GraphModule, ctx: PassContext) -> tuple[ScoreFn, Callable[[], str]]:
         """The candidates' score and (once it has run) its name for the report."""
-        evaluate = ctx.extras.get("evaluate")
+        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
         if evaluate is None:
             calibration = ctx.extras.get("calibration")
             batches = (

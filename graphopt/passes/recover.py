@@ -11,7 +11,9 @@ does not have, and the logit term already carries the teacher's knowledge.
 
 Inputs from ``ctx.extras``: ``"teacher"`` (the original ``nn.Module``, required, never
 modified), ``"train"`` (a re-iterable of ``(inputs, labels)``, required; labels may be None)
-and ``"evaluate"`` (optional ``callable(model) -> float | {name: float}``).
+and ``"validate"``, else ``"evaluate"`` (optional ``callable(model) -> float | {name: float}``;
+a task's ``validate`` scores held-out non-test data, so choosing the best checkpoint never
+optimises the test metric the report shows).
 
 BatchNorm (``bn``): ``train`` (default) normalises with batch statistics while training and
 re-estimates the running statistics that compression made stale (a pruned ResNet on digits
@@ -119,7 +121,7 @@ class Recover(Pass):
                 "needs training data as ctx.extras['train']: a re-iterable of (inputs, labels) "
                 "batches (labels may be None); give a recipe `data:` whose TaskData has train",
             )
-        evaluate = ctx.extras.get("evaluate")
+        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
         if evaluate is not None and not callable(evaluate):
             raise PassError(
                 self.name,
@@ -128,12 +130,13 @@ class Recover(Pass):
             )
 
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
+        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
         try:
             model, history = distill(
                 gm,
                 ctx.extras["teacher"],
                 ctx.extras["train"],
-                evaluate=ctx.extras.get("evaluate"),
+                evaluate=evaluate,
                 **self.options(),
             )
         except (TypeError, ValueError) as exc:

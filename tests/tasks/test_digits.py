@@ -52,12 +52,18 @@ def test_accuracy_is_deterministic_on_modules_and_graph_modules() -> None:
     assert digits.accuracy(gm) == score
 
 
-def test_data_offers_train_calibration_and_evaluate() -> None:
+def test_data_offers_train_calibration_evaluate_and_a_non_test_validation() -> None:
     task = digits.data()
     assert isinstance(task, TaskData) and task.evaluate is digits.accuracy
+    assert task.validate is digits.validation_accuracy
     first = [y for _, y in task.train]
     second = [y for _, y in task.train]
-    assert sum(len(y) for y in first) == 1437 and len(first) == len(task.train) == 23
+    fit = 1437 - digits.VALIDATION
+    assert sum(len(y) for y in first) == fit and len(first) == len(task.train) == 20
+    split = digits.load_split()
+    held_out = {tuple(x.flatten().tolist()) for x in split.x_train[fit:][:20]}
+    trained = {tuple(x.flatten().tolist()) for xb, _ in task.train for x in xb}
+    assert not held_out & trained  # validation images are never fine-tuned on
     assert not torch.equal(torch.cat(first), torch.cat(second))  # reshuffled each epoch
     calibration = list(task.calibration)
     assert all(len(b) == 1 and b[0].shape[1:] == (1, 32, 32) for b in calibration)
