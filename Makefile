@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned here (a CPU build available locally); the package itself requires torch>=2.4.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-backends test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e '.[tvm,test]' $(TORCH_PIN)
 	touch $(STAMP)
 
+# The digits pipeline: prune → recover → int8 → QAT, test accuracy after every stage.
 demo: $(STAMP)
+	$(BIN)/graphopt run examples/digits.yaml
+
+# ResNet-18: fold BatchNorm, ONNX Runtime and tuned TVM side by side.
+demo-backends: $(STAMP)
 	$(BIN)/graphopt run examples/demo.yaml
 
 test: $(STAMP)

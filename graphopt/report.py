@@ -192,6 +192,8 @@ class CompressionReport:
         from rich.table import Table
 
         console = console or Console()
+        if not console.is_terminal:  # a pipe or a log: don't squeeze the tables into 80 columns
+            console = Console(width=160, file=console.file)
         gem = Table(title=f"graphopt: {self.model}")
         for col in ("metric", "original", "compressed", "a/a*", "(a−a*)/a*"):
             gem.add_column(col, justify="left" if col == "metric" else "right")
@@ -334,7 +336,9 @@ def _stage_notes(stage: StageReport, *, limit: int | None = None) -> str:
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in simple[:limit]
     )
     refused = stage.stats.get("refused") or []
-    if refused:
+    if refused and limit is not None:  # the terminal: the count; the files list them
+        notes += f"{', ' if notes else ''}refused {len(refused)}"
+    elif refused:
         notes += (
             f"{', ' if notes else ''}refused {len(refused)}: "
             + "; ".join(f"{r['node']} ({r['reason']})" for r in refused[:3])
