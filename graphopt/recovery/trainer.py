@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from torch import Tensor, nn
 
+from graphopt.metrics import inference_flags
 from graphopt.recovery.batchnorm import BatchNormSwitch
 from graphopt.recovery.features import FeatureTap, first_tensor, make_tap, probe
 from graphopt.recovery.losses import LossParts, distillation_loss
@@ -237,7 +238,7 @@ class _Run:
 
     def run(self) -> DistillHistory:
         start = time.perf_counter()
-        restore_teacher = _inference_flags(self.teacher)
+        restore_teacher = inference_flags(self.teacher)
         restore_grads = _trainable(self.model)
         self.batchnorm = BatchNormSwitch(self.model, enabled=self.config.bn == "train")
         try:
@@ -309,7 +310,7 @@ class _Run:
         common = [n for n in names if n not in refused]
         student, teacher = student.only(common), teacher.only(common)
         with torch.no_grad():
-            restore = _inference_flags(self.teacher)
+            restore = inference_flags(self.teacher)
             try:
                 teacher, t_out, t_feats, t_refused = probe(teacher, inputs)
             finally:
@@ -492,19 +493,6 @@ def _trainable(model: nn.Module) -> Callable[[], None]:
     def restore() -> None:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-    return restore
-
-
-def _inference_flags(model: nn.Module) -> Callable[[], None]:
-    """Clear every ``training`` flag directly (``eval()`` raises on exported graphs)."""
-    flags = [(m, m.training) for m in model.modules()]
-    for m, _ in flags:
-        m.training = False
-
-    def restore() -> None:
-        for m, flag in flags:
-            m.training = flag
 
     return restore
 

@@ -24,7 +24,6 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from graphopt.cache import atomic_write, cache_root
 from graphopt.data import TaskData, batches, calibration_batches
+from graphopt.metrics import inference_flags
 from graphopt.zoo import resnet
 from graphopt.zoo.seeding import seeded
 
@@ -222,7 +222,7 @@ def accuracy(model: nn.Module) -> dict[str, float]:
 
 
 def _top1(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    restore = _eval_mode(model)
+    restore = inference_flags(model)
     correct = 0
     try:
         with torch.no_grad():
@@ -270,23 +270,6 @@ def _random_shift(x: Tensor, max_shift: int, fill: float, generator: torch.Gener
     offsets = torch.randint(0, 2 * s + 1, (len(x), 2), generator=generator).tolist()
     h, w = x.shape[-2:]
     return torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(offsets)])
-
-
-def _eval_mode(model: nn.Module) -> Callable[[], None]:
-    """Clear every submodule's ``training`` flag; return how to restore them.
-
-    The flags are set directly, never through ``eval()``, which the GraphModule of
-    ``torch.export`` refuses (there the flag is ignored, its graph is already in eval form).
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    for module, _ in flags:
-        module.training = False
-
-    def restore() -> None:
-        for module, flag in flags:
-            module.training = flag
-
-    return restore
 
 
 def _cache_path(config: TrainConfig) -> Path:
