@@ -147,4 +147,7 @@ class Recover(Pass):
                 f"training returned a {type(model).__name__}, not a GraphModule; this is a bug "
                 "in graphopt.quant.qat.to_deployable",
             )
-        return PassResult(model, modified=history.improved, stats=history.as_dict())
+        stats = history.as_dict()
+        if ctx.extras.get("validate") is not None:  # say which data chose the checkpoint
+            stats["criterion"] = str(stats["criterion"]).replace("evaluate", "validate", 1)
+        return PassResult(model, modified=history.improved, stats=stats)
