@@ -8,33 +8,36 @@ project's torch stays as it is:
 
 Two parts.
 
-1. **Equal MACs** (ResNet-50 and MobileNetV2 from ``graphopt.zoo``, 1x3x224x224, random
-   seeded weights): both tools prune to 50 % of the MACs with L2 magnitude importance and
-   ``round_to=16`` (ONNX Runtime's NCHWc kernels want channel counts that are multiples of
-   16; both tools read it as "every pruned layer keeps a multiple of 16 channels").
-   graphopt: ``PruneChannels(target_macs=0.5, importance="l2", round_to=16)``, a global greedy
-   search over groups. Torch-Pruning has no MACs target: its pruning ratio is searched by
-   bisection until the MACs are at or just below 50 %, for local (uniform per-layer ratio,
-   its default) and global ranking, with ``GroupMagnitudeImportance(p=2)`` (group L2, mean
-   normalisation, like graphopt's ``l2``) and the classifier in ``ignored_layers`` as its
-   examples do (graphopt finds the output layer itself). With ``round_to`` Torch-Pruning
-   rounds every layer's kept channels *down*, so its MACs move in jumps and may not land
-   near the target; graphopt is then also pruned to Torch-Pruning's MACs (the ``graphopt @``
-   rows) so that latency is compared at equal MACs. The prune time of Torch-Pruning is that
-   of one pruning at the ratio found (dependency graph + step), the search excluded — the
-   most favourable reading for it; graphopt's includes capture (torch.export) and its own
-   MACs search. Both are the median of ``--repeats`` runs, with torch at one intra-op thread
-   (``--prune-threads``): on a loaded 2-core machine two threads made both tools 3-10x
+1. **Equal MACs** (ResNet-50 and MobileNetV2 from ``graphopt.zoo``, 1x3x224x224, random seeded
+   weights): both tools prune to 50 % of the MACs with L2 magnitude importance and
+   ``round_to=16`` (ONNX Runtime's NCHWc kernels want channel counts that are multiples of 16;
+   both tools read it as "every pruned layer keeps a multiple of 16 channels"). graphopt:
+   ``PruneChannels(target_macs=0.5, importance="l2", round_to=16, selection=...)``, a global
+   greedy search over groups, once per ``--selection``: ``importance`` (steps ranked by
+   normalised importance) and ``cost_aware`` (by normalised importance lost per MAC saved).
+   Torch-Pruning has no MACs target: its pruning ratio is searched by bisection until the MACs
+   are at or just below 50 %, for local (uniform per-layer ratio, its default) and global
+   ranking, with ``GroupMagnitudeImportance(p=2)`` (group L2, mean normalisation, like
+   graphopt's ``l2``) and the classifier in ``ignored_layers`` as its examples do (graphopt
+   finds the output layer itself). With ``round_to`` Torch-Pruning rounds every layer's kept
+   channels *down*, so its MACs move in jumps and may not land near the target; graphopt is
+   then also pruned to Torch-Pruning's MACs (the ``graphopt @`` rows) so that latency is
+   compared at equal MACs. The prune time of Torch-Pruning is that of one pruning at the ratio
+   found (dependency graph + step), the search excluded — the most favourable reading for it;
+   graphopt's includes capture (torch.export) and its own MACs search, and is also given
+   without capture (``pass s``: the pass and a recompile), since a pipeline captures once for
+   all its passes. Both are the median of ``--repeats`` runs, with torch at one intra-op
+   thread (``--prune-threads``): on a loaded 2-core machine two threads made both tools 3-10x
    slower and erratic, their many small ops each waiting for a thread the OS had not
    scheduled. Params and MACs of every result are counted the same way, with
-   ``graphopt.analysis.analyze`` on a trace of it. The original and all pruned models are
-   then compiled on graphopt's ONNX Runtime backend and timed interleaved in one loop
-   (``compare_on_backend``), in ``--rounds`` rounds: ratios within a round are the numbers
-   to trust on a noisy machine, and the verdict uses the median of the per-round latency
-   ratios (one loop was not enough: a load burst on the shared 2-core machine once doubled
-   the median of two of six interleaved models). Output cosine: flattened logits of the
-   pruned vs the original model on a fixed seeded batch (random weights, no fine-tuning: it
-   shows how much a tool disturbs the function, not accuracy).
+   ``graphopt.analysis.analyze`` on a trace of it. The original and all pruned models are then
+   compiled on graphopt's ONNX Runtime backend and timed interleaved in one loop
+   (``compare_on_backend``), in ``--rounds`` rounds: ratios within a round are the numbers to
+   trust on a noisy machine, and the verdict uses the median of the per-round latency ratios
+   (one loop was not enough: a load burst on the shared 2-core machine once doubled the median
+   of two of six interleaved models). Output cosine: flattened logits of the pruned vs the
+   original model on a fixed seeded batch (random weights, no fine-tuning: it shows how much a
+   tool disturbs the function, not accuracy).
 
 2. **Coverage** (every zoo model, small inputs): both tools prune 30 % of the channels
    (``ratio=0.3`` / ``pruning_ratio=0.3``, one shot, round_to 1); a result counts when it
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import os
 import platform
 import re
@@ -120,6 +124,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--target-macs", type=float, default=0.5)
     parser.add_argument("--round-to", type=int, default=16)
+    parser.add_argument(
+        "--selection",
+        default="importance,cost_aware",
+        type=_csv,
+        help="graphopt's target_macs rankings to run (PruneChannels(selection=...))",
+    )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument(
@@ -157,7 +167,7 @@ def _equal_macs(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str, 
     def say(text: str) -> None:
         print(f"{name}: {text}", file=sys.stderr)
 
-    def row(tool: str, result: tuple[nn.Module, float, str]) -> dict[str, Any]:
+    def row(tool: str, result: tuple[nn.Module, dict[str, float], str]) -> dict[str, Any]:
         module, seconds, detail = result
         stats = analyze(trace(module, inputs))
         with torch.no_grad():
@@ -166,7 +176,9 @@ def _equal_macs(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str, 
         return {
             "model": name,
             "tool": tool,
-            "seconds": seconds,
+            "seconds": seconds["total"],
+            "capture_s": seconds.get("capture"),
+            "pass_s": seconds["pass"],
             "detail": detail,
             "params": stats.params,
             "params_pct": stats.params / base.params,
@@ -176,18 +188,22 @@ def _equal_macs(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str, 
         }
 
     models: dict[str, nn.Module] = {"original": model}
-    say("graphopt")
-    ours = _graphopt_timed(model, inputs, args, args.target_macs)
-    rows = [row("graphopt", ours)]
+    rows = []
+    for selection in args.selection:
+        say(f"graphopt, selection={selection}")
+        ours = _graphopt_timed(model, inputs, args, args.target_macs, selection)
+        rows.append(row(f"graphopt {selection}", ours))
     for scope in ("local", "global"):
         say(f"torch-pruning {scope}: searching the ratio")
         theirs = _tp_for_macs(tp, model, inputs, args, base.macs, global_pruning=scope == "global")
         rows.append(row(f"torch-pruning {scope}", theirs))
     for tp_row in [r for r in rows if r["tool"].startswith("torch-pruning")]:
-        if abs(tp_row["macs_pct"] - rows[0]["macs_pct"]) > 0.005:  # not equal: match it
-            say(f"graphopt at the MACs of {tp_row['tool']}")
-            matched = _graphopt_timed(model, inputs, args, tp_row["macs_pct"])
-            rows.append(row(f"graphopt @ {tp_row['tool']} MACs", matched))
+        for selection in args.selection:
+            ours = next(r for r in rows if r["tool"] == f"graphopt {selection}")
+            if abs(tp_row["macs_pct"] - ours["macs_pct"]) > 0.005:  # not equal: match it
+                say(f"graphopt {selection} at the MACs of {tp_row['tool']}")
+                matched = _graphopt_timed(model, inputs, args, tp_row["macs_pct"], selection)
+                rows.append(row(f"graphopt {selection} @ {tp_row['tool']} MACs", matched))
     backend = get_backend("onnxruntime", intra_op_threads=args.threads)
     comparisons = []
     for k in range(args.rounds):
@@ -201,6 +217,8 @@ def _equal_macs(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str, 
             "model": name,
             "tool": "original",
             "seconds": None,
+            "capture_s": None,
+            "pass_s": None,
             "detail": "",
             "params": base.params,
             "params_pct": 1.0,
@@ -223,18 +241,19 @@ def _equal_macs(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str, 
 
 
 def _graphopt_timed(
-    model: nn.Module, inputs: tuple, args: argparse.Namespace, target: float
-) -> tuple[nn.Module, float, str]:
-    """graphopt at ``target`` MACs, timed ``--repeats`` times (median)."""
-    runs = [
-        _graphopt(model, inputs, target_macs=target, round_to=args.round_to)
-        for _ in range(args.repeats)
-    ]
-    seconds = statistics.median(r[1] for r in runs)
-    return runs[0][0], seconds, f"target_macs={target:.4f}; {runs[0][2]}"
+    model: nn.Module, inputs: tuple, args: argparse.Namespace, target: float, selection: str
+) -> tuple[nn.Module, dict[str, float], str]:
+    """graphopt at ``target`` MACs, timed ``--repeats`` times (medians of each part)."""
+    options = {"target_macs": target, "round_to": args.round_to, "selection": selection}
+    runs = [_graphopt(model, inputs, **options) for _ in range(args.repeats)]
+    seconds = {k: statistics.median(r[1][k] for r in runs) for k in ("total", "capture", "pass")}
+    detail = f"target_macs={target:.4f}; {runs[0][2]}"
+    return runs[0][0], seconds, detail
 
 
-def _graphopt(model: nn.Module, inputs: tuple, **options: Any) -> tuple[nn.Module, float, str]:
+def _graphopt(
+    model: nn.Module, inputs: tuple, **options: Any
+) -> tuple[nn.Module, dict[str, float], str]:
     """nn.Module → pruned, runnable GraphModule: capture, the pass, recompile (timed).
 
     Shape propagation, which the pass manager would do next for its checks, is left out of
@@ -248,11 +267,9 @@ def _graphopt(model: nn.Module, inputs: tuple, **options: Any) -> tuple[nn.Modul
     done = time.perf_counter()
     propagate_shapes(gm, inputs)
     stats = result.stats
-    detail = (
-        f"capture {captured - started:.1f} s + prune {done - captured:.1f} s; "
-        f"{stats['pruned_groups']} of {stats['groups']} groups pruned"
-    )
-    return gm, done - started, detail
+    detail = f"{stats['pruned_groups']} of {stats['groups']} groups pruned"
+    seconds = {"total": done - started, "capture": captured - started, "pass": done - captured}
+    return gm, seconds, detail
 
 
 def _tp_prune(tp: Any, model: nn.Module, inputs: tuple, **options: Any) -> tuple[nn.Module, float]:
@@ -310,7 +327,8 @@ def _tp_for_macs(
         f"pruning_ratio={ratio:.4f} (bisection, {args.bisect} trials, {searched:.0f} s, "
         "not counted)"
     )
-    return module, statistics.median(times), detail
+    seconds = statistics.median(times)
+    return module, {"total": seconds, "pass": seconds}, detail
 
 
 def _classifier(model: nn.Module) -> list[nn.Module]:
@@ -399,15 +417,20 @@ def _check(attempt: Callable[[], nn.Module], model: nn.Module, inputs: tuple, ba
 # ---- output --------------------------------------------------------------------------------
 def _tables(rows: list[dict[str, Any]], coverage: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | tool | prune s | params (M) | params | MACs (G) | MACs | ORT median ms "
-        "| speed-up vs original (range over rounds) | cosine vs original | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | tool | prune s | capture s | pass s | params (M) | params | MACs (G) | MACs "
+        "| ORT median ms | speed-up vs original (range over rounds) | cosine vs original "
+        "| notes |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+
+    def secs(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
     for r in rows:
-        seconds = "–" if r["seconds"] is None else f"{r['seconds']:.1f}"
         lo, hi = r["speedup_range"]
         lines.append(
-            f"| {r['model']} | {r['tool']} | {seconds} | {r['params'] / 1e6:.2f} | "
+            f"| {r['model']} | {r['tool']} | {secs(r['seconds'])} | {secs(r['capture_s'])} | "
+            f"{secs(r['pass_s'])} | {r['params'] / 1e6:.2f} | "
             f"{r['params_pct']:.1%} | {r['macs'] / 1e9:.3f} | {r['macs_pct']:.1%} | "
             f"{r['ort_ms']:.2f} | {r['speedup']:.2f} ({lo:.2f}–{hi:.2f}) | {r['cosine']:.4f} | "
             f"{r['detail']}{'; ' if r['detail'] else ''}ORT vs eager {r['ort_diff']:.0e} |"
@@ -426,20 +449,24 @@ def _verdict(rows: list[dict[str, Any]], coverage: list[dict[str, Any]]) -> list
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         by_tool = {r["tool"]: r for r in rows if r["model"] == model}
+        selections = [t.split()[1] for t in by_tool if re.fullmatch(r"graphopt \S+", t)]
         for tool, r in by_tool.items():
             if not tool.startswith("torch-pruning"):
                 continue
-            ours = by_tool.get(f"graphopt @ {tool} MACs", by_tool["graphopt"])
-            ratios = [a / b for a, b in zip(ours["ort_rounds"], r["ort_rounds"], strict=True)]
-            ratio = statistics.median(ratios)
-            latency = _judge(ratio, 1.0)
-            speed = _judge(ours["seconds"], r["seconds"])
-            out.append(
-                f"- {model} vs {tool}: ORT latency {latency} (graphopt / Torch-Pruning "
-                f"{ratio:.3f}, per round {', '.join(f'{x:.3f}' for x in ratios)}; at "
-                f"{ours['macs_pct']:.1%} vs {r['macs_pct']:.1%} MACs); pruning time {speed} "
-                f"({ours['seconds']:.1f} vs {r['seconds']:.1f} s)."
-            )
+            for selection in selections:
+                mine = f"graphopt {selection}"
+                ours = by_tool.get(f"{mine} @ {tool} MACs", by_tool[mine])
+                ratios = [a / b for a, b in zip(ours["ort_rounds"], r["ort_rounds"], strict=True)]
+                ratio = statistics.median(ratios)
+                out.append(
+                    f"- {model}, {mine} vs {tool}: ORT latency {_judge(ratio, 1.0)} (graphopt / "
+                    f"Torch-Pruning {ratio:.3f}, per round "
+                    f"{', '.join(f'{x:.3f}' for x in ratios)}; at {ours['macs_pct']:.1%} vs "
+                    f"{r['macs_pct']:.1%} MACs; cosine {ours['cosine']:.3f} vs "
+                    f"{r['cosine']:.3f}); pruning time {_judge(ours['seconds'], r['seconds'])} "
+                    f"({ours['seconds']:.2f} vs {r['seconds']:.2f} s), capture excluded "
+                    f"{_judge(ours['pass_s'], r['pass_s'])} ({ours['pass_s']:.2f} s)."
+                )
     if coverage:
         for tool in ("graphopt", "torch-pruning"):
             mine = [r for r in coverage if r["tool"] == tool]
@@ -468,9 +495,10 @@ def _section(
             SECTION,
             "",
             f"Command: `{command.strip()}` ({when})  ",
-            f"Machine: {_machine()}; torch-pruning {getattr(tp, '__version__', '?')}  ",
+            f"Machine: {_machine()}; torch-pruning {_version(tp)}  ",
             f"Equal MACs: target {args.target_macs:.0%} of the MACs, L2 importance, round_to "
-            f"{args.round_to} for both tools, batch 1 3x224x224; ONNX Runtime with "
+            f"{args.round_to} for both tools, graphopt with selection "
+            f"{' and '.join(args.selection)}, batch 1 3x224x224; ONNX Runtime with "
             f"{args.threads} intra-op thread(s), {args.rounds} rounds of warmup {args.warmup} "
             f"and {args.runs} runs, each round compiling afresh and timing the original and "
             "the pruned models interleaved in one loop (speed-up = median of the original / "
@@ -480,8 +508,9 @@ def _section(
             f"{args.prune_threads or 'its default number of'} thread(s) (on this loaded 2-core "
             "machine two threads made both tools 3-10x slower and erratic: many small ops, each "
             "split across threads that are not scheduled); Torch-Pruning's is one "
-            "pruning at the ratio its bisection found (search excluded), graphopt's includes "
-            "capture and its own search. Weights are seeded random (no training data here): "
+            "pruning at the ratio its bisection found (search excluded), graphopt's `prune s` "
+            "includes capture (torch.export, `capture s`) and its own search, `pass s` is the "
+            "pass and a recompile alone. Weights are seeded random (no training data here): "
             "the cosine shows how much the function moved, not accuracy. Coverage: ratio 0.3, "
             "one shot, round_to 1, small inputs; a model counts when the pruned result runs at "
             "batch 2 and matches eager on ONNX Runtime. The zoo transformer computes its "
@@ -493,13 +522,22 @@ def _section(
             tables,
             "",
             "Verdict against the aims (ORT latency ≤ Torch-Pruning's at equal MACs, pruning time ≤ "
-            "its time, coverage); where Torch-Pruning could not land within 0.5 points of the "
-            "target, graphopt is compared at Torch-Pruning's MACs (the `graphopt @` rows):",
+            "its time, with and without capture, coverage); where Torch-Pruning could not land "
+            "within 0.5 points of the target, graphopt is compared at Torch-Pruning's MACs (the "
+            "`graphopt … @` rows):",
             "",
             *_verdict(rows, coverage),
             "",
         ]
     )
+
+
+def _version(tp: Any) -> str:
+    """The installed distribution's version: torch_pruning 1.6.1 says 1.6.0 in __version__."""
+    try:
+        return importlib.metadata.version("torch-pruning")
+    except importlib.metadata.PackageNotFoundError:
+        return getattr(tp, "__version__", "?")
 
 
 def _csv(text: str) -> list[str]:

@@ -9,6 +9,7 @@ its creation to its last use, views share their base's storage and allocate noth
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -105,9 +106,15 @@ def _quantized_weight_elements(gm: GraphModule) -> int:
 
 def _per_sample(dim: int | torch.SymInt) -> int:
     if isinstance(dim, torch.SymInt):
-        expr = dim.node.expr
-        return int(expr.subs({s: 1 for s in expr.free_symbols}))
+        return _at_batch_one(dim.node.expr)
     return int(dim)
+
+
+@functools.lru_cache(maxsize=4096)
+def _at_batch_one(expr: object) -> int:
+    """A symbolic size with every symbol at 1; cached, as sympy's ``subs`` is slow and a
+    graph has few distinct size expressions (``s0``, ``2*s0``, …) on many nodes."""
+    return int(expr.subs({s: 1 for s in expr.free_symbols}))
 
 
 def _shape(value: object) -> tuple[int, ...] | None:

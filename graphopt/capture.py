@@ -22,6 +22,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from graphopt.errors import CaptureError, GraphoptError
+from graphopt.ir import paused_gc
 
 __all__ = [
     "as_input_tuple",
@@ -70,7 +71,7 @@ def trace(
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     model_copy = copy.deepcopy(model)
-    with _module_call_stack(model_copy) as stack:
+    with _module_call_stack(model_copy) as stack, paused_gc():
         try:
             program = export_program(model_copy, inputs, dynamic_batch=dynamic_batch)
         except Exception as exc:

@@ -90,15 +90,19 @@ def member_scores(
     if found is None or (method == "bn_scale" and (member.role != "norm" or not _is_bn(node))):
         return None
     tensor, dim, target = found
-    w = tensor.detach().to(torch.float64).movedim(dim, 0).reshape(tensor.shape[dim], -1)
+    # per position along ``dim``: reduce the other dims instead of moving a float64 copy of
+    # the weight to the front (a ResNet-50's weights are read twice, as rows and as columns);
+    # the elementwise term is computed in float32 (or float64), the sum accumulates in float64
+    w = tensor.detach() if tensor.dtype == torch.float64 else tensor.detach().float()
+    others = [d for d in range(w.dim()) if d != dim]
     if method == "taylor":
         grad = (grads or {}).get(target)
         if grad is None:
             return None
-        g = grad.to(torch.float64).movedim(dim, 0).reshape(tensor.shape[dim], -1)
-        per_pos = (w * g).sum(1)
+        term = w * grad.to(w.dtype)
     else:
-        per_pos = w.abs().sum(1) if method in ("l1", "bn_scale") else w.square().sum(1)
+        term = w.abs() if method in ("l1", "bn_scale") else w.square()
+    per_pos = term.sum(others, dtype=torch.float64) if others else term.to(torch.float64)
     lengths = torch.tensor([len(p) for p in member.indices], dtype=torch.long)
     units = torch.repeat_interleave(torch.arange(len(member.indices)), lengths)
     positions = torch.tensor([p for ps in member.indices for p in ps], dtype=torch.long)

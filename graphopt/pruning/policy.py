@@ -12,10 +12,26 @@ How many, per group of ``n`` units:
   step ends where one-shot pruning with ``r`` does (exactly, for equally wide units).
 - **target MACs** ``t`` (fraction to keep): a global greedy search. Each group offers its next
   *step*: the fewest further lowest-scored units whose removal leaves a valid count (multiple
-  of ``round_to``, ≥ ``min_channels``, ≥ 1 unit). Steps are ranked by the mean of their
-  units' scores after dividing each group's scores by the group's mean (so groups compare
-  on one scale); the cheapest step is taken until the MACs are at or below ``t`` × the
-  original. The overshoot is at most one step.
+  of ``round_to``, ≥ ``min_channels``, ≥ 1 unit). Each group's scores are divided by the
+  group's mean, so groups compare on one scale, and the cheapest step is taken until the MACs
+  are at or below ``t`` × the original. The overshoot is at most one step. What "cheapest"
+  means is the ``selection``:
+
+  - ``importance``: the lowest mean normalised score of the step's units. Every group's
+    average unit weighs 1, whatever it costs to compute, so a channel of a 7×7 layer goes as
+    readily as one of a 112×112 layer.
+  - ``cost_aware``: the lowest importance lost per MAC saved, ``Σ scores / ΔMACs`` — the
+    ratio NetAdapt reasons with and that a global threshold over MAC-normalised scores
+    amounts to: channels that are cheap to lose and expensive to compute go first (early,
+    high-resolution layers; groups that shrink several big layers at once). ``ΔMACs`` of a
+    step depends on what was already removed (a consumer conv whose own outputs were pruned
+    saves less per input channel), and it only ever shrinks as other groups are pruned, so
+    ratios only grow: the search re-evaluates a popped step and takes it when it is still
+    the cheapest (lazy greedy, exact for keys that only grow). A step that saves no MACs is
+    never taken. When scores differ little within groups (untrained weights), MACs per
+    channel decide alone and the groups many convs share (residual streams, bottlenecks) go
+    down to ``round_to`` first: fewer MACs, but measured slower on ONNX Runtime than
+    ``importance`` at equal MACs (``benchmarks/RESULTS.md``).
 
 MACs are predicted without rewriting the graph: a conv or linear costs
 ``macs₀ · (kept out / out) · (kept in / in)``, a grouped conv ``macs₀ · kept out / out`` (its
@@ -39,6 +55,7 @@ from graphopt.analysis import analyze
 from graphopt.pruning.groups import PruningGroup
 
 __all__ = [
+    "SELECTIONS",
     "CostModel",
     "removal_order",
     "schedule",
@@ -49,6 +66,7 @@ __all__ = [
 ]
 
 _SCALING_ROLES = ("out", "in", "heads")
+SELECTIONS = ("importance", "cost_aware")
 
 
 class CostModel:
@@ -81,18 +99,33 @@ class CostModel:
 
     def remove(self, group_id: str, units: Sequence[int]) -> None:
         """Account for removing ``units`` of a group (each at most once)."""
-        changed = set()
-        for key, counts in self.touch.get(group_id, ()):
-            self.removed[key] += sum(counts[u] for u in units)
-            changed.add(key[0])
-        for node in changed:
-            macs = float(self.base[node])
-            for role in _SCALING_ROLES:
-                key = (node, role)
-                if key in self.size:
-                    macs *= 1.0 - self.removed[key] / self.size[key]
+        extra = self._positions(group_id, units)
+        for key, count in extra.items():
+            self.removed[key] += count
+        for node in {key[0] for key in extra}:
+            macs = self._macs(node, {})
             self.total += macs - self.node_macs[node]
             self.node_macs[node] = macs
+
+    def saving(self, group_id: str, units: Sequence[int]) -> float:
+        """The MACs that removing ``units`` of a group would save now (nothing changes)."""
+        extra = self._positions(group_id, units)
+        return sum(self.node_macs[n] - self._macs(n, extra) for n in {key[0] for key in extra})
+
+    def _positions(self, group_id: str, units: Sequence[int]) -> dict[tuple[str, str], int]:
+        """(node, role) → positions the units own there."""
+        extra: dict[tuple[str, str], int] = {}
+        for key, counts in self.touch.get(group_id, ()):
+            extra[key] = extra.get(key, 0) + sum(counts[u] for u in units)
+        return extra
+
+    def _macs(self, node: str, extra: Mapping[tuple[str, str], int]) -> float:
+        macs = float(self.base[node])
+        for role in _SCALING_ROLES:
+            key = (node, role)
+            if key in self.size:
+                macs *= 1.0 - (self.removed[key] + extra.get(key, 0)) / self.size[key]
+        return macs
 
 
 def valid_removals(group: PruningGroup, order: Sequence[int], round_to: int, min_channels: int):
@@ -102,19 +135,21 @@ def valid_removals(group: PruningGroup, order: Sequence[int], round_to: int, min
     holds keeps a multiple of ``round_to`` channels, and at least ``min_channels``.
     """
     outs = [m for m in group.members if m.role == "out"] or list(group.members[:1])
-    kept = [sum(len(ix) for ix in m.indices) for m in outs]
-    valid = [0]
-    for r, unit in enumerate(order, start=1):
-        kept = [k - len(m.indices[unit]) for k, m in zip(kept, outs, strict=True)]
-        if r < group.num_units and all(k >= min_channels and k % round_to == 0 for k in kept):
-            valid.append(r)
-    return valid
+    if not order:
+        return [0]
+    # kept channels per layer (row) after removing the first r units (column r - 1)
+    widths = torch.tensor([[len(m.indices[u]) for u in order] for m in outs], dtype=torch.long)
+    kept = widths.new_tensor([sum(len(ix) for ix in m.indices) for m in outs])[:, None]
+    kept = kept - widths.cumsum(1)
+    ok = ((kept >= min_channels) & (kept % round_to == 0)).all(0)
+    ok[group.num_units - 1 :] = False  # at least one unit stays
+    return [0, *(ok.nonzero().flatten() + 1).tolist()]
 
 
 def removal_order(group: PruningGroup, scores: torch.Tensor) -> list[int]:
     """The prunable units of ``group``, lowest-scored first (ties: lower unit number)."""
-    units = list(group.prunable_units)
-    return sorted(units, key=lambda u: (float(scores[u]), u))
+    values = scores.tolist()
+    return sorted(group.prunable_units, key=lambda u: (values[u], u))
 
 
 def schedule(step: int, steps: int, power: float) -> float:
@@ -167,21 +202,47 @@ def select_for_macs(
     *,
     round_to: int = 1,
     min_channels: int = 1,
+    selection: str = "importance",
 ) -> tuple[dict[str, tuple[int, ...]], bool]:
-    """Greedy global removal until MACs ≤ ``target`` × original; (plan, target reached)."""
+    """Greedy global removal until MACs ≤ ``target`` × original; (plan, target reached).
+
+    ``selection`` ranks the steps (see the module docstring): ``importance`` by the mean
+    normalised score of their units, ``cost_aware`` by normalised importance lost per MAC
+    saved. ``cost`` is left predicting the MACs after the plan.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    aware = selection == "cost_aware"
     goal = target * cost.original
     search = {
         g.id: _Search.of(g, scores[g.id], k, round_to, min_channels) for k, g in enumerate(groups)
     }
-    heap = [item for s in search.values() if (item := s.next_step()) is not None]
+
+    def key(s: _Search) -> float | None:
+        if not s.has_next():
+            return None
+        lost = s.next_scores()
+        if not aware:
+            return sum(lost) / len(lost)
+        saved = cost.saving(s.gid, s.next_units())
+        return sum(lost) / saved if saved > 0 else None
+
+    heap = [(k, s.rank, s.gid) for s in search.values() if (k := key(s)) is not None]
     heapq.heapify(heap)
     while cost.total > goal and heap:
-        _, _, gid = heapq.heappop(heap)
+        _, rank, gid = heapq.heappop(heap)
         s = search[gid]
-        cost.remove(gid, s.order[s.steps[s.done] : s.steps[s.done + 1]])
+        if aware:  # other groups' steps may have shrunk this one's saving since it was pushed
+            fresh = key(s)
+            if fresh is None:
+                continue
+            if heap and (fresh, rank, gid) > heap[0]:
+                heapq.heappush(heap, (fresh, rank, gid))
+                continue
+        cost.remove(gid, s.next_units())
         s.done += 1
-        if (item := s.next_step()) is not None:
-            heapq.heappush(heap, item)
+        if (k := key(s)) is not None:
+            heapq.heappush(heap, (k, s.rank, s.gid))
     plan = {gid: s.removed() for gid, s in search.items() if s.done}
     return plan, cost.total <= goal
 
@@ -200,17 +261,23 @@ class _Search:
     @classmethod
     def of(cls, g: PruningGroup, scores: torch.Tensor, rank: int, round_to: int, mins: int):
         order = removal_order(g, scores)
-        values = [float(scores[u]) for u in order]
+        listed = scores.tolist()
+        values = [listed[u] for u in order]
         scale = sum(values) / len(values) if values else 1.0
         scale = scale if scale > 0 else 1.0
         steps = valid_removals(g, order, round_to, mins)
         return cls(g.id, rank, order, [v / scale for v in values], steps)
 
-    def next_step(self) -> tuple[float, int, str] | None:
-        if self.done + 1 >= len(self.steps):
-            return None
-        chunk = self.normalised[self.steps[self.done] : self.steps[self.done + 1]]
-        return (sum(chunk) / len(chunk), self.rank, self.gid)
+    def has_next(self) -> bool:
+        return self.done + 1 < len(self.steps)
+
+    def next_units(self) -> list[int]:
+        """The units the next step removes."""
+        return self.order[self.steps[self.done] : self.steps[self.done + 1]]
+
+    def next_scores(self) -> list[float]:
+        """Their normalised scores."""
+        return self.normalised[self.steps[self.done] : self.steps[self.done + 1]]
 
     def removed(self) -> tuple[int, ...]:
         return tuple(sorted(self.order[: self.steps[self.done]]))

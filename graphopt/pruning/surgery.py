@@ -59,7 +59,8 @@ def slice_attribute(gm: GraphModule, attr: object, dim: int, keep: torch.Tensor)
     owner = gm.get_submodule(owner_path) if owner_path else gm
     is_parameter = leaf in owner._parameters
     requires_grad = tensor.requires_grad
-    set_tensor(gm, target, tensor.index_select(dim, keep), parameter=is_parameter)
+    fresh = tensor.detach().index_select(dim, keep)  # a new tensor: no second copy
+    set_tensor(gm, target, fresh, parameter=is_parameter, copy=False)
     if is_parameter:
         getattr(owner, leaf).requires_grad_(requires_grad)
 

@@ -44,6 +44,7 @@ def _run(gm, inputs, **options):
         ({"ratio": 0.5, "round_to": 0}, "round_to"),
         ({"ratio": 0.5, "min_channels": 0}, "min_channels"),
         ({"ratio": 0.5, "ignore": "fc"}, "ignore"),
+        ({"target_macs": 0.5, "selection": "latency"}, "selection"),
     ],
 )
 def test_bad_options_are_refused_by_name(options, option) -> None:
@@ -128,6 +129,7 @@ def test_a_second_run_with_the_target_already_met_changes_nothing() -> None:
 ZOO_CASES = [
     ("resnet18", {"target_macs": 0.5, "round_to": 8}),
     ("mobilenet_v2", {"target_macs": 0.5, "round_to": 8}),
+    ("mobilenet_v2", {"target_macs": 0.5, "round_to": 8, "selection": "cost_aware"}),
     ("resnet50", {"ratio": 0.3, "round_to": 16}),
     ("vgg11_bn", {"ratio": 0.5, "importance": "bn_scale"}),
     ("densenet_tiny", {"ratio": 0.5, "importance": "l1", "aggregate": "max"}),
@@ -135,7 +137,11 @@ ZOO_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "options"), ZOO_CASES, ids=[c[0] for c in ZOO_CASES])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    ZOO_CASES,
+    ids=[c[0] + (f"-{c[1]['selection']}" if "selection" in c[1] else "") for c in ZOO_CASES],
+)
 def test_zoo_models_prune_run_and_export_to_onnx(name, options) -> None:
     _, gm, inputs = zoo_trace(name)
     pruned, stage, first = _run(gm, inputs, **options)
@@ -171,7 +177,7 @@ def test_transformer_heads_are_pruned() -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(random_models(), st.integers(0, 3))
+@given(random_models(), st.integers(0, 4))
 def test_random_models_prune_to_valid_graphs(case, which) -> None:
     model, inputs = case
     gm = trace(model, inputs)
@@ -180,6 +186,7 @@ def test_random_models_prune_to_valid_graphs(case, which) -> None:
         {"ratio": 0.3, "importance": "random", "round_to": 2},
         {"target_macs": 0.7, "importance": "l1"},
         {"ratio": 0.6, "importance": "bn_scale", "aggregate": "max"},
+        {"target_macs": 0.6, "selection": "cost_aware", "round_to": 2},
     ][which]
     try:
         pruned, stage, first = _run(gm, inputs, **options)

@@ -16,7 +16,7 @@ from graphopt.pruning import (
     select_for_macs,
 )
 from graphopt.pruning.groups import Member, PruningGroup
-from graphopt.pruning.policy import valid_removals
+from graphopt.pruning.policy import removal_order, valid_removals
 from tests.pruning import models
 from tests.pruning.conftest import small_trace, zoo_trace
 
@@ -85,3 +85,90 @@ def test_greedy_search_stops_at_the_target_and_reports_unreachable_ones() -> Non
     cost = CostModel(gm, groups)
     _, reached = select_for_macs(groups, scores, cost, 0.001, round_to=8, min_channels=8)
     assert not reached
+
+
+def _flat(groups) -> dict[str, torch.Tensor]:
+    return {g.id: torch.ones(g.num_units, dtype=torch.float64) for g in groups}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_cost_aware_reaches_the_target_and_predicts_the_macs(name) -> None:
+    _, gm, inputs = zoo_trace(name)
+    groups = find_groups(gm)
+    scores, _ = compute_importance(gm, groups, "l2")
+    cost = CostModel(gm, groups)
+    plan, reached = select_for_macs(groups, scores, cost, 0.5, selection="cost_aware")
+    assert reached and 0.45 <= cost.total / cost.original <= 0.5
+    apply_removals(gm, groups, plan)
+    gm.recompile()
+    propagate_shapes(gm, inputs)
+    assert round(cost.total) == analyze(gm).macs
+
+
+def test_cost_aware_prefers_the_group_with_most_macs_per_channel_when_scores_tie() -> None:
+    _, gm, _ = zoo_trace("resnet18")
+    groups = [g for g in reversed(find_groups(gm)) if not g.frozen]  # the light ones first
+    cost = CostModel(gm, groups)
+    per_unit = {g.id: cost.saving(g.id, removal_order(g, _flat(groups)[g.id])[:1]) for g in groups}
+    one_step = 1 - 1 / cost.original  # any single unit reaches it
+    heaviest = max(per_unit, key=per_unit.get)
+    plan, _ = select_for_macs(groups, _flat(groups), cost, one_step, selection="cost_aware")
+    assert list(plan) == [heaviest] and len(plan[heaviest]) == 1
+    plan, _ = select_for_macs(groups, _flat(groups), CostModel(gm, groups), one_step)
+    assert list(plan) == [groups[0].id]  # importance alone: a tie, the first group goes
+    assert per_unit[groups[0].id] < max(per_unit.values())
+
+
+def test_cost_aware_respects_round_to_and_min_channels() -> None:
+    _, gm, _ = zoo_trace("resnet18")
+    groups = find_groups(gm)
+    scores, _ = compute_importance(gm, groups, "l1")
+    cost = CostModel(gm, groups)
+    plan, reached = select_for_macs(
+        groups, scores, cost, 0.4, round_to=8, min_channels=16, selection="cost_aware"
+    )
+    assert reached and plan
+    by_id = {g.id: g for g in groups}
+    for gid, units in plan.items():
+        kept = by_id[gid].num_units - len(units)  # resnet18: one channel per unit
+        assert kept % 8 == 0 and kept >= 16, gid
+
+
+def test_cost_aware_lazy_search_equals_the_eager_greedy() -> None:
+    """Re-ranking only the popped step gives the plan of re-ranking every step every time."""
+    _, gm, _ = zoo_trace("mobilenet_v2")
+    groups = find_groups(gm)
+    scores, _ = compute_importance(gm, groups, "l2")
+    opts = {"round_to": 8, "min_channels": 1}
+    lazy, _ = select_for_macs(
+        groups, scores, CostModel(gm, groups), 0.5, selection="cost_aware", **opts
+    )
+    cost, done = CostModel(gm, groups), {g.id: 0 for g in groups}
+    state = {}
+    for g in groups:
+        order = removal_order(g, scores[g.id])
+        mean = float(scores[g.id][list(g.prunable_units)].mean()) if g.prunable_units else 1.0
+        state[g.id] = (order, valid_removals(g, order, **opts), mean if mean > 0 else 1.0)
+    while cost.total > 0.5 * cost.original:
+        best = None
+        for k, g in enumerate(groups):
+            order, steps, mean = state[g.id]
+            if done[g.id] + 1 >= len(steps):
+                continue
+            units = order[steps[done[g.id]] : steps[done[g.id] + 1]]
+            saved = cost.saving(g.id, units)
+            if saved > 0:
+                key = (float(scores[g.id][units].sum()) / mean / saved, k)
+                best = min(best, (key, g.id, units)) if best else (key, g.id, units)
+        _, gid, units = best
+        cost.remove(gid, units)
+        done[gid] += 1
+    eager = {gid: tuple(sorted(state[gid][0][: state[gid][1][n]])) for gid, n in done.items() if n}
+    assert lazy == eager
+
+
+def test_selection_is_validated() -> None:
+    _, gm, _ = zoo_trace("resnet18")
+    groups = find_groups(gm)
+    with pytest.raises(ValueError, match="selection"):
+        select_for_macs(groups, _flat(groups), CostModel(gm, groups), 0.5, selection="flops")
