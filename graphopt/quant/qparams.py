@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 WEIGHT_QMAX = 127
-_TINY = float(torch.finfo(torch.float32).tiny) * 2**20  # a scale ORT accepts (> 0, normal)
+_TINY = float(torch.finfo(torch.float32).tiny) * 2**20  # smallest range treated as non-zero
 
 ACTIVATION_DTYPES = {"uint8": (torch.uint8, 0, 255), "int8": (torch.int8, -128, 127)}
 
@@ -58,6 +58,9 @@ def activation_qparams(lo: float, hi: float, dtype: str = "uint8") -> Activation
     """Scale and zero point covering ``[lo, hi]`` (widened to contain 0)."""
     torch_dtype, qmin, qmax = ACTIVATION_DTYPES[dtype]
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= _TINY:  # constant zero: any scale is exact; 1 keeps ORT's int32 bias finite
+        zero = 0 if dtype == "int8" else qmin
+        return ActivationQParams(1.0, zero, qmin, qmax, torch_dtype)
     if dtype == "int8":
         bound = max(-lo, hi)
         return ActivationQParams(_float32(max(bound / 127.0, _TINY)), 0, qmin, qmax, torch_dtype)
@@ -75,7 +78,9 @@ def quantize_weight(weight: Tensor, axis: int = 0) -> tuple[Tensor, Tensor, Tens
     """Per-channel symmetric int8: ``(q int8, scales float32, zero_points int64)``."""
     moved = weight.detach().float().movedim(axis, 0)
     bound = moved.reshape(moved.shape[0], -1).abs().amax(1)
-    scales = torch.clamp(bound / WEIGHT_QMAX, min=_TINY)
+    # An all-zero channel gets scale 1 (exact for zeros), as ORT's quantizer does: a tiny scale
+    # would make ORT's int32 bias (bias / (s_x · s_w)) overflow.
+    scales = torch.where(bound > 0, torch.clamp(bound / WEIGHT_QMAX, min=_TINY), 1.0)
     shape = [-1] + [1] * (moved.dim() - 1)
     q = torch.clamp(torch.round(moved / scales.view(shape)), -WEIGHT_QMAX, WEIGHT_QMAX)
     return (

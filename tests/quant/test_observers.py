@@ -93,8 +93,13 @@ def test_int8_qparams_are_symmetric() -> None:
     assert p.zero_point == 0 and p.scale == pytest.approx(3.0 / 127) and p.dtype == torch.int8
 
 
-def test_degenerate_range_has_a_positive_scale() -> None:
-    assert activation_qparams(0.0, 0.0).scale > 0
+def test_degenerate_range_has_scale_one() -> None:
+    """A tensor that is always zero (a dead ReLU) must not get a tiny scale: ORT quantizes
+    the next layer's bias with s_x · s_w into int32, which a tiny scale overflows."""
+    assert activation_qparams(0.0, 0.0).scale == 1.0
+    assert activation_qparams(0.0, 0.0, "int8").scale == 1.0
+    _q, scales, _zp = quantize_weight(torch.zeros(2, 3))
+    assert torch.all(scales == 1.0)
 
 
 def test_per_channel_weight_quantization_error_is_half_a_step() -> None:
@@ -103,7 +108,7 @@ def test_per_channel_weight_quantization_error_is_half_a_step() -> None:
     weight[3] = 0.0  # an all-zero channel must not divide by zero
     q, scales, zero_points = quantize_weight(weight)
     assert q.dtype == torch.int8 and int(q.abs().max()) <= 127
-    assert torch.all(zero_points == 0) and torch.all(scales > 0)
+    assert torch.all(zero_points == 0) and torch.all(scales > 0) and scales[3] == 1.0
     restored = q.float() * scales.view(-1, 1, 1, 1)
     error = (restored - weight).abs().amax(dim=(1, 2, 3))
     assert torch.all(error <= scales / 2 + 1e-7)
