@@ -32,7 +32,11 @@ from graphopt.errors import BackendUnavailableError, RecipeError
 
 def _stats(median: float, runs: int = 5) -> LatencyStats:
     return LatencyStats(
-        median_ms=median, p90_ms=median * 1.5, mean_ms=median, min_ms=median / 2, runs=runs,
+        median_ms=median,
+        p90_ms=median * 1.5,
+        mean_ms=median,
+        min_ms=median / 2,
+        runs=runs,
         batch_size=1,
     )
 
@@ -149,15 +153,22 @@ def test_compare_needs_a_model(mlp: tuple) -> None:
 def test_compare_on_onnxruntime_original_vs_rewritten() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(8, 4),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
     ).eval()
     inputs = (torch.randn(1, 3, 16, 16),)
     original = trace(model, inputs)
     smaller = trace(nn.Sequential(*list(model)[:1], *list(model)[2:]).eval(), inputs)
     result = compare_on_backend(
-        OnnxRuntimeBackend(), {"original": original, "compressed": smaller}, inputs,
-        warmup=1, runs=3,
+        OnnxRuntimeBackend(),
+        {"original": original, "compressed": smaller},
+        inputs,
+        warmup=1,
+        runs=3,
     )
     assert all(e.max_rel_diff <= 1e-4 for e in result.results.values())
     assert result.results["compressed"].info["exporter"] == "torch.onnx.export(dynamo=True)"
@@ -168,8 +179,11 @@ def test_compare_on_onnxruntime_original_vs_rewritten() -> None:
 def test_bench_backends_keys_baseline_and_ratios(mlp: tuple) -> None:
     model, inputs = mlp
     result = bench_backends(
-        model, inputs, [TorchEagerBackend(), OffsetBackend(0.0), OffsetBackend(0.0)],
-        warmup=1, runs=4,
+        model,
+        inputs,
+        [TorchEagerBackend(), OffsetBackend(0.0), OffsetBackend(0.0)],
+        warmup=1,
+        runs=4,
     )
     assert list(result.results) == ["torch", "fake", "fake#2"]
     assert result.baseline == "torch"

@@ -59,9 +59,7 @@ def test_int8_on_the_zoo(name: str, min_cosine: float) -> None:
     assert stats["top1_agreement"] is None or stats["top1_agreement"] >= 0.75
     assert stage.modified and count_op(q, aten.batch_norm) <= count_op(gm, aten.batch_norm)
     int8_bytes = analyze(q).size_by_dtype.get("int8", 0)
-    assert int8_bytes == sum(
-        t.numel() for name, t in q.named_buffers() if t.dtype == torch.int8
-    )
+    assert int8_bytes == sum(t.numel() for name, t in q.named_buffers() if t.dtype == torch.int8)
     if name != "transformer":  # whose embeddings stay float
         assert analyze(q).size_bytes < 0.3 * analyze(gm).size_bytes + 60_000
 
