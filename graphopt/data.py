@@ -11,14 +11,14 @@ make several passes over it, and a generator would be empty the second time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Batches", "TaskData", "batches", "calibration_batches"]
+__all__ = ["Batches", "TaskData", "batches", "calibration_batches", "input_batches"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,22 @@ def batches(
 def calibration_batches(x: Tensor, batch_size: int) -> Batches:
     """Re-iterable input tuples ``(x_batch,)`` in order: calibration data, no labels."""
     return Batches(x, batch_size=batch_size, labels=False)
+
+
+def input_batches(calibration: object) -> Iterable[tuple[Tensor, ...]]:
+    """Normalise calibration data: an iterable of input tuples (a bare tensor is one input)."""
+    if isinstance(calibration, Tensor):
+        raise TypeError(
+            "calibration must be an iterable of input tuples such as [(x1,), (x2,)], "
+            "got a single tensor; wrap it as [(x,)]"
+        )
+    for batch in calibration:
+        if isinstance(batch, Tensor):
+            yield (batch,)
+        elif isinstance(batch, Sequence) and all(isinstance(t, Tensor) for t in batch):
+            yield tuple(batch)
+        else:
+            raise TypeError(
+                "calibration must yield tensors or tuples of tensors (the model's inputs), "
+                f"got {type(batch).__name__}"
+            )

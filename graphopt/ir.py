@@ -19,6 +19,7 @@ from torch.fx import GraphModule, Node
 __all__ = [
     "VIEW_OPS",
     "count_parameters",
+    "drop_unused_attribute",
     "get_tensor",
     "is_op",
     "iter_ops",
@@ -202,3 +203,17 @@ def paused_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def drop_unused_attribute(gm: GraphModule, node: Node) -> None:
+    """Erase a ``get_attr`` node nothing reads, and its tensor once no node reads it."""
+    if node.users or node.op != "get_attr":
+        return
+    target = str(node.target)
+    gm.graph.erase_node(node)
+    if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
+        return
+    owner_path, _, leaf = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    if hasattr(owner, leaf):
+        delattr(owner, leaf)

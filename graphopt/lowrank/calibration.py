@@ -9,12 +9,14 @@ applies in-place activations (``aten.relu_``) to conv outputs a node later.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.fx import GraphModule, Interpreter, Node
+
+from graphopt.data import input_batches  # re-exported: the PCA pass reads it from here
 
 __all__ = ["OutputStats", "collect_output_stats", "input_batches"]
 
@@ -26,25 +28,6 @@ class OutputStats:
     mean: Tensor
     covariance: Tensor
     count: int
-
-
-def input_batches(calibration: object) -> Iterable[tuple[Tensor, ...]]:
-    """Normalise calibration data: an iterable of input tuples (a bare tensor is one input)."""
-    if isinstance(calibration, Tensor):
-        raise TypeError(
-            "calibration must be an iterable of input tuples such as [(x1,), (x2,)], "
-            "got a single tensor; wrap it as [(x,)]"
-        )
-    for batch in calibration:
-        if isinstance(batch, Tensor):
-            yield (batch,)
-        elif isinstance(batch, Sequence) and all(isinstance(t, Tensor) for t in batch):
-            yield tuple(batch)
-        else:
-            raise TypeError(
-                "calibration must yield tensors or tuples of tensors (the model's inputs), "
-                f"got {type(batch).__name__}"
-            )
 
 
 class _Recorder(Interpreter):

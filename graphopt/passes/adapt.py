@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch.fx import GraphModule
 
+from graphopt.checks import is_number
+from graphopt.data import input_batches
 from graphopt.errors import GraphoptError, PassError
-from graphopt.lowrank.calibration import input_batches
 from graphopt.passes.base import Pass, PassContext, PassResult, register_pass
 from graphopt.pruning.dependency import build_channel_graph
 from graphopt.pruning.importance import METHODS
@@ -91,14 +91,14 @@ class Adapt(Pass):
                 f"{target_latency!r}, target_macs={target_macs!r}"
             )
         for option, value in (("target_latency", target_latency), ("target_macs", target_macs)):
-            if value is not None and not (_is_number(value) and 0 < value <= 1):
+            if value is not None and not (is_number(value) and 0 < value <= 1):
                 raise ValueError(f"{option} must be a number in (0, 1], got {value!r}")
-        if not (_is_number(step) and 0 < step < 1):
+        if not (is_number(step) and 0 < step < 1):
             raise ValueError(
                 f"step must be a number in (0, 1): the fraction of the original cost to cut "
                 f"per iteration, e.g. 0.05; got {step!r}"
             )
-        if not (_is_number(step_decay) and 0 < step_decay <= 1):
+        if not (is_number(step_decay) and 0 < step_decay <= 1):
             raise ValueError(f"step_decay must be a number in (0, 1], got {step_decay!r}")
         if importance not in METHODS:
             raise ValueError(f"importance must be one of {', '.join(METHODS)}, got {importance!r}")
@@ -241,17 +241,13 @@ class Adapt(Pass):
         return finetune, f"graphopt.recovery.distill, {steps} steps per candidate"
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _metric_value(value: object) -> float | None:
     """A metric as a float: a number, or the first value of a mapping; None otherwise."""
     if isinstance(value, dict):
         value = next(iter(value.values()), None)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
 def _stats(

@@ -43,6 +43,7 @@ from dataclasses import asdict
 import torch
 from torch.fx import GraphModule
 
+from graphopt.checks import is_int, is_number
 from graphopt.errors import PassError
 from graphopt.ir import iter_ops, module_path
 from graphopt.lowrank import factorize
@@ -75,11 +76,11 @@ class LowRank(Pass):
         min_macs_saving: float = 0.0,
     ) -> None:
         _check_rank_rule(method, ratio, energy, rank, ranks)
-        if not _is_int(round_to) or round_to < 1:
+        if not is_int(round_to) or round_to < 1:
             raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
         if isinstance(skip, str) or not all(isinstance(p, str) and p for p in skip):
             raise ValueError(f"skip must be a list of module paths such as ['fc'], got {skip!r}")
-        if not (_is_number(min_macs_saving) and 0 <= min_macs_saving < 1):
+        if not (is_number(min_macs_saving) and 0 <= min_macs_saving < 1):
             raise ValueError(f"min_macs_saving must be a number in [0, 1), got {min_macs_saving!r}")
         self.method = method
         self.ratio = None if ratio is None else float(ratio)
@@ -271,11 +272,11 @@ def _check_rank_rule(
     """Validate the method and the rank options together (ValueError naming the option)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if ratio is not None and not (_is_number(ratio) and 0 < ratio <= 1):
+    if ratio is not None and not (is_number(ratio) and 0 < ratio <= 1):
         raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
-    if energy is not None and not (_is_number(energy) and 0 < energy <= 1):
+    if energy is not None and not (is_number(energy) and 0 < energy <= 1):
         raise ValueError(f"energy must be a number in (0, 1], got {energy!r}")
-    if rank is not None and rank != "vbmf" and not (_is_int(rank) and rank > 0):
+    if rank is not None and rank != "vbmf" and not (is_int(rank) and rank > 0):
         raise ValueError(f"rank must be an int > 0 or 'vbmf', got {rank!r}")
     rules = (("ratio", ratio), ("energy", energy), ("rank", rank))
     given = [name for name, value in rules if value is not None]
@@ -303,12 +304,12 @@ def _checked_ranks(ranks: Mapping[str, object] | None) -> dict[str, int | tuple[
     for path, value in ranks.items():
         if not isinstance(path, str) or not path:
             raise ValueError(f"ranks keys must be module paths such as 'fc', got {path!r}")
-        if _is_int(value) and value > 0:
+        if is_int(value) and value > 0:
             checked[path] = int(value)
         elif (
             isinstance(value, Sequence)
             and len(value) == 2
-            and all(_is_int(v) and v > 0 for v in value)
+            and all(is_int(v) and v > 0 for v in value)
         ):
             checked[path] = (int(value[0]), int(value[1]))
         else:
@@ -317,11 +318,3 @@ def _checked_ranks(ranks: Mapping[str, object] | None) -> dict[str, int | tuple[
                 f"got {value!r}"
             )
     return checked
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

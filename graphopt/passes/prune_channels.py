@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 from torch.fx import GraphModule
 
+from graphopt.checks import is_number
 from graphopt.errors import PassError
 from graphopt.ir import count_parameters, paused_gc, propagate_shapes
 from graphopt.passes.base import Pass, PassContext, PassResult, register_pass
@@ -111,9 +112,9 @@ class PruneChannels(Pass):
                 f"target_macs (fraction of MACs to keep); got ratio={ratio!r}, "
                 f"target_macs={target_macs!r}"
             )
-        if ratio is not None and not (_is_number(ratio) and 0 <= ratio < 1):
+        if ratio is not None and not (is_number(ratio) and 0 <= ratio < 1):
             raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}")
-        if target_macs is not None and not (_is_number(target_macs) and 0 < target_macs <= 1):
+        if target_macs is not None and not (is_number(target_macs) and 0 < target_macs <= 1):
             raise ValueError(f"target_macs must be a number in (0, 1], got {target_macs!r}")
         for option, value in (("round_to", round_to), ("min_channels", min_channels)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -124,7 +125,7 @@ class PruneChannels(Pass):
             )
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be an int >= 1 (1: one-shot pruning), got {steps!r}")
-        if not (_is_number(schedule_power) and 0 < schedule_power < math.inf):
+        if not (is_number(schedule_power) and 0 < schedule_power < math.inf):
             raise ValueError(
                 f"schedule_power must be a number > 0 (1: linear, 3: Zhu & Gupta's cubic), "
                 f"got {schedule_power!r}"
@@ -315,10 +316,6 @@ class _State:
             self.removed.setdefault(gid, []).extend(alive[u] for u in units)
             self.alive[gid] = [a for u, a in enumerate(alive) if u not in gone]
         self.fallbacks.extend(f for f in fallbacks if f not in self.fallbacks)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _stats(groups, plan: PruningPlan, state: _State, cost: CostModel, params: int) -> dict:

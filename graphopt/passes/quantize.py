@@ -39,8 +39,9 @@ from typing import Any
 from torch import Tensor
 from torch.fx import GraphModule
 
+from graphopt.checks import is_int, is_number
+from graphopt.data import input_batches
 from graphopt.errors import PassError
-from graphopt.lowrank.calibration import input_batches
 from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, register_pass
 from graphopt.passes.fold_batchnorm import FoldBatchNorm
 from graphopt.quant.calibrate import take_samples
@@ -89,13 +90,13 @@ class Quantize(Pass):
             )
         if observer not in OBSERVERS:
             raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
-        if not (_is_number(percentile) and 50 < percentile <= 100):
+        if not (is_number(percentile) and 50 < percentile <= 100):
             raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
-        if not (_is_number(min_cosine) and 0 < min_cosine <= 1):
+        if not (is_number(min_cosine) and 0 < min_cosine <= 1):
             raise ValueError(f"min_cosine must be a number in (0, 1], got {min_cosine!r}")
         if isinstance(skip, str) or not all(isinstance(s, str) and s for s in skip):
             raise ValueError(f"skip must be a list of module paths or types, got {skip!r}")
-        if not (_is_int(sensitivity_samples) and sensitivity_samples >= 1):
+        if not (is_int(sensitivity_samples) and sensitivity_samples >= 1):
             raise ValueError(
                 f"sensitivity_samples must be an int >= 1, got {sensitivity_samples!r}"
             )
@@ -203,17 +204,9 @@ def _checked_calibration(calibration: Mapping[str, Any] | None) -> dict[str, Any
             f"calibration has no key {unknown[0]!r}; its keys: {sorted(_CALIBRATION_KEYS)}"
         )
     samples = options.get("samples", 128)
-    if not (_is_int(samples) and samples >= 1):
+    if not (is_int(samples) and samples >= 1):
         raise ValueError(f"calibration samples must be an int >= 1, got {samples!r}")
     source = options.get("source", "data")
     if source not in _SOURCES:
         raise ValueError(f"calibration source must be one of {list(_SOURCES)}, got {source!r}")
     return {"samples": samples, "source": source}
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -23,9 +23,9 @@ import warnings
 import torch
 from torch.fx import GraphModule, Node
 
-from graphopt.ir import fresh_attribute_name, get_tensor, set_tensor
+from graphopt.ir import drop_unused_attribute, fresh_attribute_name, get_tensor, set_tensor
 from graphopt.quant.qparams import WEIGHT_QMAX
-from graphopt.quant.rewrite import QUANT_META, QuantOps, _drop_if_unused
+from graphopt.quant.rewrite import QUANT_META, QuantOps
 
 __all__ = ["is_quantized", "to_deployable", "to_trainable"]
 
@@ -63,7 +63,7 @@ def to_trainable(gm: GraphModule) -> GraphModule:
                 fake = graph.call_function(_FAKE_CHANNEL, (w, scale_node, zp, axis, qmin, qmax))
             _replace(graph, node, fake)
             for leftover in (q_node, zp_node):
-                _drop_if_unused(out, leftover)
+                drop_unused_attribute(out, leftover)
         elif node.target is QuantOps.dq and _is_q(node.args[0]):
             quant = node.args[0]
             source, scale, zero_point, qmin, qmax, _dtype = quant.args
@@ -104,7 +104,7 @@ def to_deployable(gm: GraphModule) -> GraphModule:
                 )
             _replace(graph, node, dequant, meta="weight")
             for leftover in (w_node, zp_node):
-                _drop_if_unused(out, leftover)
+                drop_unused_attribute(out, leftover)
         elif node.target is _FAKE_TENSOR:
             source, scale, zero_point, qmin, qmax = node.args
             dtype = torch.uint8 if qmin == 0 else torch.int8

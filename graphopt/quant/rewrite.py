@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.ao.quantization.fx._decomposed  # registers the quantized_decomposed ops
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 
-from graphopt.ir import fresh_attribute_name, get_tensor, set_tensor
+from graphopt.ir import drop_unused_attribute, fresh_attribute_name, get_tensor, set_tensor
 from graphopt.quant.placement import QuantLayer, Sites
 from graphopt.quant.qparams import WEIGHT_QMAX, ActivationQParams, quantize_weight
 
@@ -62,7 +62,7 @@ def quantize_weights(gm: GraphModule, layers: Sequence[QuantLayer]) -> int:
             )
         dequant.meta[QUANT_META] = "weight"
         node.replace_input_with(weight_node, dequant)
-        _drop_if_unused(gm, weight_node)
+        drop_unused_attribute(gm, weight_node)
         done += 1
     return done
 
@@ -89,16 +89,3 @@ def insert_activation_qdq(
             reader.replace_input_with(node, dequant)
         inserted += 1
     return inserted
-
-
-def _drop_if_unused(gm: GraphModule, node: Node) -> None:
-    if node.users or node.op != "get_attr":
-        return
-    target = str(node.target)
-    gm.graph.erase_node(node)
-    if any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
-        return
-    owner_path, _, leaf = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
-    if hasattr(owner, leaf):
-        delattr(owner, leaf)

@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from torch import Tensor, nn
 
+from graphopt.checks import is_int, is_number
 from graphopt.metrics import inference_flags
 from graphopt.recovery.batchnorm import BatchNormSwitch
 from graphopt.recovery.features import FeatureTap, first_tensor, make_tap, probe
@@ -80,21 +81,21 @@ class DistillConfig:
             raise ValueError(
                 f"give steps or epochs, not both (steps={self.steps!r}, epochs={self.epochs!r})"
             )
-        if self.steps is not None and not (_is_int(self.steps) and self.steps >= 1):
+        if self.steps is not None and not (is_int(self.steps) and self.steps >= 1):
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.epochs is not None and not (_is_number(self.epochs) and self.epochs > 0):
+        if self.epochs is not None and not (is_number(self.epochs) and self.epochs > 0):
             raise ValueError(f"epochs must be a number > 0, got {self.epochs!r}")
-        if not (_is_number(self.lr) and 0 < self.lr < math.inf):
+        if not (is_number(self.lr) and 0 < self.lr < math.inf):
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
-        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+        if not (is_number(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if not (_is_number(self.temperature) and 0 < self.temperature < math.inf):
+        if not (is_number(self.temperature) and 0 < self.temperature < math.inf):
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
-        if not (_is_number(self.alpha) and 0 <= self.alpha <= 1):
+        if not (is_number(self.alpha) and 0 <= self.alpha <= 1):
             raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
         features = self.features
         if isinstance(features, str) or not all(isinstance(f, str) and f for f in features):
@@ -102,7 +103,7 @@ class DistillConfig:
                 f"features must be a list of module paths such as ['layer2'], got {features!r}"
             )
         object.__setattr__(self, "features", tuple(features))
-        if not (_is_number(self.feature_weight) and self.feature_weight >= 0):
+        if not (is_number(self.feature_weight) and self.feature_weight >= 0):
             raise ValueError(f"feature_weight must be a number >= 0, got {self.feature_weight!r}")
         if self.metric is not None and not (isinstance(self.metric, str) and self.metric):
             raise ValueError(
@@ -110,14 +111,14 @@ class DistillConfig:
             )
         if self.mode not in MODES:
             raise ValueError(f"mode must be 'max' or 'min', got {self.mode!r}")
-        if self.eval_every is not None and not (_is_int(self.eval_every) and self.eval_every >= 1):
+        if self.eval_every is not None and not (is_int(self.eval_every) and self.eval_every >= 1):
             raise ValueError(f"eval_every must be an int >= 1 (steps), got {self.eval_every!r}")
         if self.bn not in BN_MODES:
             raise ValueError(
                 f"bn must be 'train' (batch statistics while training) or 'frozen' (the "
                 f"running statistics as captured), got {self.bn!r}"
             )
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 
 
@@ -508,11 +509,3 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[float], None]
     with Progress("recover", *columns, console=console, transient=True) as bar:
         task = bar.add_task("", total=total)
         yield lambda loss: bar.update(task, advance=1, description=f"loss {loss:.4f}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
