@@ -1,24 +1,24 @@
 """The ``graphopt`` command: run a recipe, inspect a model, benchmark backends, list passes.
 
 Bad input (unknown pass or option, bad shape, missing file, a factory that raises) ends with
-one line on stderr and exit status 2, never a traceback, and leaves no partial output: outputs
-are written to a temporary sibling folder that is renamed into place only when complete.
+one line on stderr and exit status 2, never a traceback (``--debug`` shows it), and leaves no
+partial output and nothing of the user's touched: see :mod:`graphopt.output` for the rules.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from graphopt.errors import GraphoptError, RecipeError
+from graphopt.output import OutputFolder, Terminated, sigterm_raises
 
 if TYPE_CHECKING:  # annotations only: the commands import their dependencies lazily
     from rich.console import Console
@@ -30,33 +30,72 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; bad input is one line on stderr and exit 2, a bug one line and exit 1.
+
+    The first line of a graphopt error is all that is printed; what follows it (the user
+    code's traceback, torch's capture log) is shown with ``--debug`` or ``GRAPHOPT_DEBUG=1``.
+    """
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch-internal deprecations
     parser = _parser()
     args = parser.parse_args(argv)
+    debug = bool(args.debug or os.environ.get("GRAPHOPT_DEBUG"))
     try:
-        return int(args.handler(args) or 0)
+        with sigterm_raises():
+            return int(args.handler(args) or 0)
     except GraphoptError as exc:
-        text = str(exc)
-        first, _, rest = text.partition("\n")
+        first, _, rest = str(exc).partition("\n")
         print(f"graphopt: error: {first}", file=sys.stderr)
-        if (rest and os.environ.get("GRAPHOPT_DEBUG")) or (rest and "Traceback" in rest):
+        if rest and debug:
             print(rest, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("graphopt: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("graphopt: terminated", file=sys.stderr)
+        return 143
+    except Exception as exc:  # a bug in graphopt or a library: say so in one line
+        if debug:
+            traceback.print_exc()
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(
+            f"graphopt: internal error: {type(exc).__name__}: {_first_line(exc)} "
+            f"({Path(where.filename).name}:{where.lineno}); rerun with --debug for the "
+            "traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with graphopt's one-line errors (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphopt", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", help="show tracebacks and torch's logs on errors"
+    )
+    parser = _Parser(prog="graphopt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="compress a model as a recipe (YAML/TOML) says")
-    run.add_argument("recipe", help="path to the recipe file")
+    run = sub.add_parser("run", parents=[common], help="compress a model as a recipe says")
+    run.add_argument("recipe", help="path to the recipe file (YAML or TOML)")
     run.add_argument("--output", help="output folder (overrides the recipe's)")
     run.set_defaults(handler=_cmd_run)
 
-    inspect = sub.add_parser("inspect", help="capture a model and print its costs per node")
+    inspect = sub.add_parser(
+        "inspect", parents=[common], help="capture a model and print its costs per node"
+    )
     inspect.add_argument("model", help="zoo name or package.module:factory")
     inspect.add_argument("--input-shape", help="e.g. 1,3,224,224 (zoo models have a default)")
     inspect.add_argument("--top", type=int, default=15, help="heaviest nodes to list")
@@ -65,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     inspect.set_defaults(handler=_cmd_inspect)
 
-    bench = sub.add_parser("bench", help="time a model on several backends, interleaved")
+    bench = sub.add_parser(
+        "bench", parents=[common], help="time a model on several backends, interleaved"
+    )
     bench.add_argument("model", help="zoo name or package.module:factory")
     bench.add_argument("--backend", default="onnxruntime", help="comma list: torch,onnxruntime,tvm")
     bench.add_argument("--input-shape", help="e.g. 1,3,224,224")
@@ -74,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--tvm-trials", type=int, default=0, help="MetaSchedule trial budget")
     bench.set_defaults(handler=_cmd_bench)
 
-    passes = sub.add_parser("passes", help="list the registered passes and their options")
+    passes = sub.add_parser(
+        "passes", parents=[common], help="list the registered passes and their options"
+    )
     passes.set_defaults(handler=_cmd_passes)
     return parser
 
@@ -88,10 +131,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from graphopt.runner import compress
 
     recipe = load_recipe(args.recipe)
-    output = Path(args.output) if args.output else recipe.output
-    evaluate = load_callable(recipe.evaluate, what="evaluate") if recipe.evaluate else None
-    console = Console(stderr=True)
-    with _status(console) as say:
+    output = Path(args.output) if args.output is not None else recipe.output
+    folder_guard = OutputFolder(output)  # checked and staged now, before any work
+    with folder_guard as folder, _status(Console(stderr=True)) as say:
+        evaluate = load_callable(recipe.evaluate, what="evaluate") if recipe.evaluate else None
         say(f"loading {recipe.model}")
         model, inputs = load_model(recipe.model, input_shape=recipe.input_shape, seed=recipe.seed)
         data = load_data(recipe.data, inputs, seed=recipe.seed) if recipe.data else None
@@ -107,10 +150,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             name=recipe.model,
             progress=say,
         )
-        with _atomic_folder(output) as folder:
-            say("saving the compressed model and the report")
-            _save_model(run.compressed, run.example_inputs, folder)
-            written = run.report.write(folder)
+        say("saving the compressed model and the report")
+        _save_model(run.compressed, run.example_inputs, folder)
+        written = run.report.write(folder)
     run.report.print(Console())
     print(
         f"wrote {', '.join(str(output / p.name) for p in written)}, "
@@ -211,7 +253,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from graphopt.backends.compare import bench_backends
     from graphopt.capture import trace
     from graphopt.loading import load_model
+    from graphopt.recipe import check_bench_counts
 
+    check_bench_counts(args.warmup, args.runs, where="bench")
+    if args.tvm_trials < 0:
+        raise RecipeError(f"--tvm-trials must be >= 0, got {args.tvm_trials}")
     names = [n.strip() for n in args.backend.split(",") if n.strip()]
     if not names:
         raise RecipeError("--backend needs at least one backend name")
@@ -260,23 +306,6 @@ def _status(console: object) -> Iterator[Callable[[str], None]]:
     """A spinner line for long steps; each message replaces the previous one."""
     with console.status("starting") as status:  # type: ignore[attr-defined]
         yield lambda message: status.update(message)
-
-
-@contextmanager
-def _atomic_folder(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; move it into place only on success."""
-    target = target.resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _save_model(gm: object, inputs: tuple, folder: Path) -> None:

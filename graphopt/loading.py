@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from graphopt.errors import RecipeError
+from graphopt.capture import as_input_tuple
+from graphopt.checks import is_int
+from graphopt.errors import RecipeError, user_failure
+from graphopt.guards import require_memory, tensor_bytes
 
 if TYPE_CHECKING:
     from graphopt.data import TaskData
@@ -20,18 +23,21 @@ __all__ = ["load_callable", "load_data", "load_model", "parse_shape"]
 
 def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     """``"1,3,224,224"`` / ``"1x3x224x224"`` / ``[1, 3, 224, 224]`` → ``(1, 3, 224, 224)``."""
+    bad = RecipeError(f"input shape must be positive integers like 1,3,224,224, got {text!r}")
     if isinstance(text, str):
         parts = re.split(r"\s*[,x]\s*", text.strip())  # an empty part (e.g. "1,3,") is an error
-    elif isinstance(text, Sequence):
-        parts = list(text)
-    else:
-        raise RecipeError(f"input shape must be like 1,3,224,224, got {text!r}")
-    try:
+        if not all(re.fullmatch(r"[0-9]+", p) for p in parts):
+            raise bad
         shape = tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        raise RecipeError(f"input shape must be like 1,3,224,224, got {text!r}") from None
+    elif isinstance(text, Sequence):
+        # No coercion: ``true`` and ``32.7`` are not dimensions (int() made them 1 and 32).
+        if not all(is_int(d) for d in text):
+            raise bad
+        shape = tuple(text)
+    else:
+        raise bad
     if not shape or any(d <= 0 for d in shape):
-        raise RecipeError(f"input shape must be positive integers like 1,3,224,224, got {text!r}")
+        raise bad
     return shape
 
 
@@ -44,6 +50,10 @@ def load_callable(spec: str, *, what: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RecipeError(f"{what} {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    except (Exception, SystemExit) as exc:  # the user's module failed while importing
+        raise RecipeError(
+            f"{what} {spec!r}: importing {module_name!r} {user_failure(exc)}"
+        ) from exc
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -65,13 +75,20 @@ def load_model(
     from graphopt import zoo
 
     shape = parse_shape(input_shape) if input_shape is not None else None
+    if shape is not None:
+        require_memory(tensor_bytes(shape), f"the example input of shape {list(shape)}")
     if ":" not in spec:
         return zoo.get_model(spec, seed=seed, input_shape=shape)
     factory = load_callable(spec, what="model factory")
     try:
         produced = factory()
-    except Exception as exc:
-        raise RecipeError(f"model factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise RecipeError(f"model factory {spec!r} {user_failure(exc)}") from exc
+    if isinstance(produced, tuple) and len(produced) != 2:
+        raise RecipeError(
+            f"model factory {spec!r} returned a tuple of {len(produced)}; "
+            "return a module or (module, example_inputs)"
+        )
     model, inputs = produced if isinstance(produced, tuple) else (produced, None)
     if not isinstance(model, nn.Module):
         raise RecipeError(f"model factory {spec!r} returned {type(model).__name__}, not nn.Module")
@@ -79,7 +96,7 @@ def load_model(
         inputs = (torch.randn(shape, generator=torch.Generator().manual_seed(seed)),)
     if inputs is None:
         raise RecipeError(f"model factory {spec!r} gave no example inputs: give an input shape")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    inputs = as_input_tuple(inputs, error=RecipeError)
     return model.eval(), inputs
 
 
@@ -96,8 +113,8 @@ def load_data(spec: str, example_inputs: tuple[torch.Tensor, ...], *, seed: int 
     factory = load_callable(spec, what="data")
     try:
         produced = factory()
-    except Exception as exc:
-        raise RecipeError(f"data {spec!r} raised {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:
+        raise RecipeError(f"data {spec!r} {user_failure(exc)}") from exc
     if not isinstance(produced, TaskData):
         raise RecipeError(
             f"data {spec!r} returned {type(produced).__name__}, not graphopt.data.TaskData"

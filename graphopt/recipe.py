@@ -28,11 +28,12 @@ from typing import Any
 import yaml
 
 from graphopt.backends import get_backend
+from graphopt.checks import is_int
 from graphopt.errors import RecipeError
 from graphopt.loading import parse_shape
 from graphopt.passes import Pass, get_pass
 
-__all__ = ["Recipe", "StepSpec", "load_recipe", "parse_recipe"]
+__all__ = ["Recipe", "StepSpec", "check_bench_counts", "load_recipe", "parse_recipe"]
 
 _KEYS = {
     "model",
@@ -76,17 +77,70 @@ class Recipe:
         return [get_backend(step.name, **step.options) for step in self.backends]
 
 
+_MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything larger is not one
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice (PyYAML keeps the last silently,
+    so a second ``passes:`` dropped the first list without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    shown = str(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe {shown!r} is a folder; give the recipe file (.yaml or .toml)")
     if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} does not exist")
-    text = path.read_text()
+        raise RecipeError(f"recipe file {shown!r} does not exist")
     try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        raw = path.read_bytes()[: _MAX_RECIPE_BYTES + 1]
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {shown!r}: {exc.strerror}") from exc
+    if len(raw) > _MAX_RECIPE_BYTES:
+        raise RecipeError(f"recipe {shown!r} is larger than 1 MiB: not a recipe")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"recipe {shown!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from exc
+    if "\x00" in text:
+        raise RecipeError(f"recipe {shown!r} holds NUL bytes: not a text file")
+    is_toml = path.suffix.lower() == ".toml"
+    try:
+        # _StrictLoader is a SafeLoader: no arbitrary Python objects from a recipe.
+        data = tomllib.loads(text) if is_toml else yaml.load(text, Loader=_StrictLoader)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise RecipeError(f"recipe {str(path)!r} is not valid YAML/TOML: {first}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = f"{first} {_yaml_line(exc)}".strip()
+        kind = "TOML" if is_toml else "YAML"
+        raise RecipeError(f"recipe {shown!r} is not valid {kind}: {detail}") from exc
+    except RecursionError as exc:
+        raise RecipeError(f"recipe {shown!r} is nested too deeply to be a recipe") from exc
     return parse_recipe(data, default_output=Path("out") / path.stem)
+
+
+def _yaml_line(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None:
+        return ""
+    return f"({problem}, line {mark.line + 1})" if problem else f"(line {mark.line + 1})"
 
 
 def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
@@ -104,8 +158,7 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
     if not isinstance(bench, dict) or set(bench) - _BENCH_KEYS:
         raise RecipeError(f"recipe key 'benchmark' takes only {sorted(_BENCH_KEYS)}")
     warmup, runs = bench.get("warmup", 10), bench.get("runs", 50)
-    if not (isinstance(runs, int) and runs >= 1 and isinstance(warmup, int) and warmup >= 0):
-        raise RecipeError(f"benchmark needs runs >= 1 and warmup >= 0, got {bench}")
+    check_bench_counts(warmup, runs, where="benchmark")
     evaluate = data.get("evaluate")
     if evaluate is not None and (not isinstance(evaluate, str) or ":" not in evaluate):
         raise RecipeError("recipe key 'evaluate' must be package.module:callable")
@@ -114,16 +167,20 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
         not isinstance(data_spec, str) or (data_spec != "random" and ":" not in data_spec)
     ):
         raise RecipeError("recipe key 'data' must be package.module:callable or 'random'")
+    output = data.get("output", default_output)
+    if not isinstance(output, (str, Path)) or not str(output).strip():
+        raise RecipeError(f"recipe key 'output' must be a folder path, got {output!r}")
+    shape = data.get("input_shape")
     recipe = Recipe(
         model=model,
-        input_shape=parse_shape(data["input_shape"]) if data.get("input_shape") else None,
-        seed=_int(data.get("seed", 0), "seed"),
+        input_shape=parse_shape(shape) if shape is not None else None,
+        seed=_seed(data.get("seed", 0)),
         passes=_steps(data.get("passes") or [], "passes"),
         backends=_steps(data.get("backends") or [], "backends"),
         warmup=warmup,
         runs=runs,
         evaluate=evaluate,
-        output=Path(data.get("output") or default_output),
+        output=Path(output),
         data=data_spec,
     )
     recipe.build_passes()  # validates pass names and options now, before any work
@@ -131,9 +188,19 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
     return recipe
 
 
-def _int(value: Any, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RecipeError(f"recipe key {key!r} must be an integer, got {value!r}")
+def check_bench_counts(warmup: Any, runs: Any, *, where: str) -> None:
+    """Timing loop sizes: integers, ``1 <= runs <= 100000`` and ``0 <= warmup <= 100000``."""
+    if not (is_int(runs) and 1 <= runs <= 100_000 and is_int(warmup) and 0 <= warmup <= 100_000):
+        raise RecipeError(
+            f"{where} needs integer runs in [1, 100000] and warmup in [0, 100000], "
+            f"got runs={runs!r}, warmup={warmup!r}"
+        )
+
+
+def _seed(value: Any) -> int:
+    """A seed torch's and numpy's generators both take: an integer in [0, 2**32)."""
+    if not is_int(value) or not 0 <= value < 2**32:
+        raise RecipeError(f"recipe key 'seed' must be an integer in [0, 2**32), got {value!r}")
     return value
 
 

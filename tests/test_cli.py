@@ -58,6 +58,7 @@ def test_run_writes_report_and_models(tmp_path: Path, capsys: pytest.CaptureFixt
         "report.png",
         "model.pt2",
         "model.onnx",
+        ".graphopt-output.json",  # the manifest: what graphopt may replace on the next run
     }
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["capture", "fold_batchnorm"]

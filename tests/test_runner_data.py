@@ -113,10 +113,14 @@ def test_random_data_calibrates_a_recipe(tmp_path: Path) -> None:
     assert report["stages"][-1]["stats"]["calibration_samples"] == 64
 
 
-def test_a_failing_evaluate_is_reported_once_with_its_traceback(
+def test_a_failing_evaluate_is_one_line_and_its_traceback_shows_with_debug(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     recipe = write_recipe(tmp_path, evaluate="tests.test_cli:broken_metric")
     assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "dataset missing" in err
+    assert "Traceback" not in err
+    assert main(["run", str(recipe), "--debug"]) == 2
     err = capsys.readouterr().err
     assert err.count("Traceback") == 1 and "dataset missing" in err
