@@ -94,3 +94,23 @@ def test_load_model_from_factory() -> None:
 def test_load_model_errors(spec, message) -> None:
     with pytest.raises(RecipeError, match=message):
         load_model(spec)
+
+
+def test_an_upper_case_toml_suffix_is_read_as_toml(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.TOML"
+    path.write_text('model = "resnet18"\npasses = ["fold_batchnorm"]\n')
+    recipe = load_recipe(path)
+    assert recipe.model == "resnet18" and recipe.passes[0].name == "fold_batchnorm"
+
+
+def test_a_yaml_key_written_twice_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model: resnet18\npasses: [fold_batchnorm]\npasses: []\n")
+    with pytest.raises(RecipeError, match=r"duplicate key 'passes'.*line 3"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("shape", [[1, 3, True, 8], [1, 3, 32.7, 8], [], "1,3,x", "1.5,3"])
+def test_input_shapes_are_not_coerced(shape: object) -> None:
+    with pytest.raises(RecipeError, match="input shape"):
+        parse_recipe({"model": "resnet18", "input_shape": shape})
