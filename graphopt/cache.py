@@ -24,13 +24,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename.
 
     Why: two processes filling the same cache entry, or one killed mid-write, must never leave
-    a truncated file that a later run would load.
+    a truncated file that a later run would load. The temporary name is unique (``mkstemp``
+    in the same folder, so the rename stays on one file system), so concurrent writers never
+    share one; the data is flushed to disk before the rename, so a crash can't publish an
+    empty file under the final name.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

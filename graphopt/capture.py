@@ -61,20 +61,38 @@ def trace(
 ) -> GraphModule:
     """Capture ``model`` with ``torch.export`` (non-strict) and return its FX GraphModule.
 
-    The model is deep-copied first, so the caller's module is never touched. With
-    ``dynamic_batch`` the first dimension of every input is symbolic (a batch of 1 is
-    repeated to 2 for capture, since export specialises size-1 dimensions). The returned
-    module has parameters as ``get_attr`` nodes under their original names and
-    ``node.meta["val"]`` / ``node.meta["nn_module_stack"]`` on every op node.
+    The model is deep-copied first, so the caller's module is never touched. The copy is
+    captured in eval mode: a model left in training mode would otherwise be compressed with
+    batch-statistics BatchNorm and live dropout baked into the graph, and measured as such
+    (a ``UserWarning`` says so; the caller's flag is unchanged). With ``dynamic_batch`` the
+    first dimension of every input is symbolic (a batch of 1 is repeated to 2 for capture,
+    since export specialises size-1 dimensions). The returned module has parameters as
+    ``get_attr`` nodes under their original names and ``node.meta["val"]`` /
+    ``node.meta["nn_module_stack"]`` on every op node.
+
+    Raises ``CaptureError`` when forward fails on the example inputs, returns something that
+    is not tensors (see ``_check_eager_outputs``), or cannot be exported. Its message's first
+    line is graphopt's explanation (module, source line, how to proceed); the torch detail
+    follows on later lines, which the CLI shows only with ``--debug``.
     """
     if not isinstance(model, nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     model_copy = copy.deepcopy(model)
+    if any(m.training for m in model.modules()):
+        model_copy.eval()
+        warnings.warn(
+            f"graphopt: the {type(model).__name__} was in training mode; it was captured in eval "
+            "mode (BatchNorm with running statistics, no dropout) on a copy, and your model "
+            "keeps its flag. Call model.eval() before capture to silence this.",
+            UserWarning,
+            stacklevel=2,
+        )
     with _module_call_stack(model_copy) as stack, paused_gc():
+        _check_eager_outputs(model_copy, inputs, stack)
         try:
             program = export_program(model_copy, inputs, dynamic_batch=dynamic_batch)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: a model calling sys.exit()
             raise CaptureError(_explain_failure(model_copy, exc, stack)) from exc
     if dynamic_batch:
         inputs = tuple(at_least_batch_two(t) for t in inputs)
@@ -138,7 +156,56 @@ def _module_call_stack(model: nn.Module) -> Iterator[list[str]]:
             handle.remove()
 
 
-def _explain_failure(model: nn.Module, exc: BaseException, stack: list[str]) -> str:
+def _check_eager_outputs(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], stack: list[str]
+) -> None:
+    """Run ``model`` once in eager mode and refuse outputs that hold anything but tensors.
+
+    Why eagerly, before export: export accepts a forward returning a string, an int or None
+    (they become constants of the graph), and graphopt would then report 0 MACs and compare
+    nothing; and a forward that fails on the example inputs is a bug in the model or the
+    inputs, which deserves that diagnosis rather than one phrased as a capture limitation.
+    One no-grad forward costs far less than the export that follows. ``None`` leaves beside
+    tensors are accepted (optional outputs, as HF models return them): every consumer keeps
+    only the tensor leaves, and there is no value in None to lose.
+    """
+    try:
+        with torch.no_grad():
+            output = model(*(t.clone() for t in inputs))  # clones: forward may write in place
+    except (Exception, SystemExit) as exc:  # SystemExit: a model calling sys.exit()
+        raise CaptureError(_explain_failure(model, exc, stack, eager=True)) from exc
+    leaves, _ = torch.utils._pytree.tree_flatten(output)
+    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    others = sorted({type(leaf).__name__ for leaf in leaves if not _tensor_or_none(leaf)})
+    if tensors and not others:
+        return
+    name = type(output).__name__
+    if not isinstance(output, list | tuple | dict):
+        what = name
+    elif not leaves:
+        what = f"an empty {name}"
+    else:
+        what = f"a {name} with {', '.join(others) or 'no tensor'} leaves"
+    raise CaptureError(
+        f"the model's forward returned {what}; graphopt needs a tensor or a tuple/list/dict "
+        "of tensors. How to proceed: wrap the model in a module whose forward returns only "
+        "the tensors to compress."
+    )
+
+
+def _tensor_or_none(leaf: object) -> bool:
+    return leaf is None or isinstance(leaf, torch.Tensor)
+
+
+def _explain_failure(
+    model: nn.Module, exc: BaseException, stack: list[str], *, eager: bool = False
+) -> str:
+    """graphopt's explanation on the first line, the torch detail after it.
+
+    The first line names the module, the user's source line, the exception's first line and
+    how to proceed; it is all a user needs and all the CLI prints without ``--debug``. The
+    full traceback (often 20+ lines of torch internals) follows on later lines.
+    """
     module_path = stack[-1] if stack else "<root>"
     try:
         module_type = type(model.get_submodule("" if module_path == "<root>" else module_path))
@@ -146,27 +213,44 @@ def _explain_failure(model: nn.Module, exc: BaseException, stack: list[str]) -> 
     except AttributeError:
         module_desc = module_path
     where = _user_frame(exc)
-    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = str(exc)
+    cause = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if isinstance(exc, SystemExit):
+        hint = "forward called sys.exit() (or raised SystemExit); remove that from forward"
+    elif eager:
+        hint = "fix forward or the example inputs so that model(*example_inputs) runs"
+    else:
+        hint = _capture_hint(exc, text)
+    if eager:
+        what = "the model's forward fails on the example inputs in eager mode"
+    else:
+        what = "could not capture the model"
+    summary = _one_line(
+        f"{what}, at module {module_desc}, {where}: {type(exc).__name__}: {cause}. "
+        f"How to proceed: {hint}."
+    )
+    detail = "".join(traceback.format_exception(exc)).rstrip()
+    return f"{summary}\ntorch detail:\n{detail}"
+
+
+def _capture_hint(exc: BaseException, text: str) -> str:
     if (
         "data-dependent" in text
         or "GuardOnDataDependent" in type(exc).__name__
         or "Could not guard" in text
     ):
-        hint = (
+        return (
             "the forward branches on a tensor's value; rewrite it with torch.where/torch.cond, "
             "or move the branch out of forward"
         )
-    elif "Unsupported" in type(exc).__name__ or "not supported" in text:
-        hint = "replace the unsupported call, or wrap it in a custom op (torch.library.custom_op)"
-    else:
-        hint = (
-            "check that forward runs on the example inputs in eager mode, then simplify that line"
-        )
-    return (
-        f"could not capture the model at module {module_desc}, {where}: "
-        f"{type(exc).__name__}: {cause}. How to proceed: {hint}."
-    )
+    if "Unsupported" in type(exc).__name__ or "not supported" in text:
+        return "replace the unsupported call, or wrap it in a custom op (torch.library.custom_op)"
+    return "check that forward runs on the example inputs in eager mode, then simplify that line"
+
+
+def _one_line(text: str) -> str:
+    """Join the lines of ``text`` (a file name, a torch message) so the summary is one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _user_frame(exc: BaseException) -> str:

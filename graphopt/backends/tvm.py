@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from graphopt.backends.base import describe_model
+from graphopt.cache import atomic_write
 from graphopt.capture import as_input_tuple
 from graphopt.errors import BackendError, BackendUnavailableError, RecipeError
 
@@ -596,9 +597,13 @@ def _read_state(work_dir: Path) -> dict[str, Any]:
 
 
 def _write_state(work_dir: Path, state: dict[str, Any]) -> None:
-    tmp = work_dir / (_STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, work_dir / _STATE_FILE)
+    """Replace the state file atomically through a temporary file of a unique name.
+
+    Why unique: two runs tuning the same structure share ``work_dir``; with one fixed
+    ``.tmp`` name, one run's rename could publish the other's half-written file, or fail
+    because the other already renamed it away.
+    """
+    atomic_write(work_dir / _STATE_FILE, json.dumps(state, indent=2).encode())
 
 
 @contextlib.contextmanager

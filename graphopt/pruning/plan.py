@@ -16,6 +16,7 @@ JSON format (``format`` guards against reading something else)::
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 from torch.fx import GraphModule
 
+from graphopt.cache import atomic_write
 from graphopt.errors import GraphoptError
 from graphopt.ir import propagate_shapes
 from graphopt.pruning.dependency import build_channel_graph
@@ -45,9 +47,14 @@ class PruningPlan:
     source: str = ""
 
     def __post_init__(self) -> None:
-        removals = {g: tuple(sorted(set(map(int, u)))) for g, u in self.removals.items() if u}
+        removals = {
+            g: tuple(sorted({_index(i, f"group {g!r} unit index") for i in u}))
+            for g, u in self.removals.items()
+            if len(u)
+        }
+        units = {g: _index(n, f"group {g!r} unit count") for g, n in self.units.items()}
         object.__setattr__(self, "removals", MappingProxyType(removals))
-        object.__setattr__(self, "units", MappingProxyType(dict(self.units)))
+        object.__setattr__(self, "units", MappingProxyType(units))
         object.__setattr__(self, "ignore", tuple(self.ignore))
 
     @classmethod
@@ -79,32 +86,68 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "pruning plan") -> PruningPlan:
+        """Parse and validate the JSON form; ``where`` (e.g. the file) starts every error.
+
+        Strict on purpose: a plan decides which channels are cut, so a float index (1.9 would
+        have become 1), a bool (``true`` is 1 to Python), a negative or out-of-range index or
+        a duplicate is refused with its group named, never coerced.
+        """
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            raise GraphoptError(f"not a pruning plan: expected 'format': {FORMAT!r}")
+            raise GraphoptError(f"{where}: not a pruning plan: expected 'format': {FORMAT!r}")
+        source, ignore = data.get("source", ""), data.get("ignore") or []
+        if not isinstance(source, str):
+            raise GraphoptError(f"{where}: 'source' must be a string, got {_kind(source)}")
+        if not isinstance(ignore, list) or not all(isinstance(i, str) for i in ignore):
+            raise GraphoptError(f"{where}: 'ignore' must be a list of module paths (strings)")
         groups = data.get("groups") or {}
-        try:
-            removals = {gid: tuple(int(u) for u in g["remove"]) for gid, g in groups.items()}
-            units = {
-                gid: int(g["units"]) for gid, g in groups.items() if g.get("units") is not None
-            }
-        except (KeyError, TypeError, ValueError) as exc:
-            raise GraphoptError(f"malformed pruning plan: {exc}") from exc
-        return cls(removals, units, tuple(data.get("ignore") or ()), str(data.get("source", "")))
+        if not isinstance(groups, Mapping):
+            raise GraphoptError(f"{where}: 'groups' must be an object, got {_kind(groups)}")
+        removals: dict[str, tuple[int, ...]] = {}
+        units: dict[str, int] = {}
+        for gid, group in groups.items():
+            count, remove = _parse_group(gid, group, where)
+            removals[gid] = remove
+            if count is not None:
+                units[gid] = count
+        return cls(removals, units, tuple(ignore), source)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        """Write the JSON atomically: a crash or a concurrent run never leaves half a plan."""
+        atomic_write(Path(path), (self.to_json() + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> PruningPlan:
+        """Read a plan file; every problem is one ``GraphoptError`` line naming the file.
+
+        Beyond ``from_dict``'s checks, this refuses what Python's json module would accept
+        but no JSON tool writes (``NaN``, ``Infinity``, a key given twice, where the last
+        would silently win), and turns bytes that are not UTF-8 and nesting deep enough to
+        exhaust the recursion limit into that same one-line error.
+        """
+        where = f"pruning plan {path}"
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise GraphoptError(f"cannot read pruning plan {path}: {exc}") from exc
-        return cls.from_dict(data)
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise GraphoptError(f"cannot read {where}: {exc.strerror or exc}") from exc
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark is harmless: accept it
+        except UnicodeDecodeError as exc:
+            raise GraphoptError(
+                f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+            ) from exc
+        try:
+            data = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique)
+        except _NotPlanJSON as exc:
+            raise GraphoptError(f"{where}: {exc}") from exc
+        except RecursionError as exc:
+            raise GraphoptError(f"{where}: nested too deeply to be a pruning plan") from exc
+        except ValueError as exc:  # JSONDecodeError, or an integer of over 4300 digits
+            raise GraphoptError(f"{where}: not valid JSON: {exc}") from exc
+        return cls.from_dict(data, where=where)
 
     def __str__(self) -> str:
         if not self.removals:
@@ -115,6 +158,74 @@ class PruningPlan:
             total = self.units.get(gid, "?")
             lines.append(f"  {gid:<{width}}  remove {len(units):>4} of {total:>4}")
         return "\n".join(lines)
+
+
+class _NotPlanJSON(ValueError):
+    """JSON that Python's parser accepts but a plan must not contain."""
+
+
+def _refuse_constant(name: str) -> None:
+    raise _NotPlanJSON(f"contains {name}, which is not JSON; a plan holds only integers")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _NotPlanJSON(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _parse_group(gid: str, group: object, where: str) -> tuple[int | None, tuple[int, ...]]:
+    """(unit count or None, unit indices) of one JSON group, each value checked."""
+    if not isinstance(group, Mapping) or "remove" not in group:
+        raise GraphoptError(f"{where}: group {gid!r} must be an object with a 'remove' list")
+    count, remove = group.get("units"), group["remove"]
+    if count is not None and (not _is_int(count) or count <= 0):
+        raise GraphoptError(
+            f"{where}: group {gid!r} 'units' must be a positive integer, got {_kind(count)}"
+        )
+    if not isinstance(remove, list):
+        raise GraphoptError(f"{where}: group {gid!r} 'remove' must be a list, got {_kind(remove)}")
+    for index in remove:
+        if not _is_int(index):
+            raise GraphoptError(
+                f"{where}: group {gid!r} unit index {_kind(index)} is not an integer"
+            )
+        if index < 0 or (count is not None and index >= count):
+            span = f"0..{count - 1}" if count is not None else "0 or more"
+            raise GraphoptError(f"{where}: group {gid!r} unit index {index} out of range ({span})")
+    if len(set(remove)) != len(remove):
+        twice = sorted({i for i in remove if remove.count(i) > 1})
+        raise GraphoptError(f"{where}: group {gid!r} lists units {twice} more than once")
+    return count, tuple(remove)
+
+
+def _is_int(value: object) -> bool:
+    """A plain integer: not a bool (``True`` is 1 to Python) and not a float (1.0, 1.9)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: object) -> str:
+    """``value`` as it reads in the file, with its JSON type (for one-line errors)."""
+    text = json.dumps(value, allow_nan=True)
+    text = text if len(text) <= 40 else text[:37] + "..."
+    names = {bool: "boolean", float: "number", str: "string", list: "list", dict: "object"}
+    return f"{text} ({names.get(type(value), type(value).__name__)})"
+
+
+def _index(value: object, what: str) -> int:
+    """``value`` as an int, for plans built in Python: numpy and 0-d tensor ints pass
+    (``operator.index``), a float or a bool is refused rather than truncated."""
+    if isinstance(value, bool):
+        raise GraphoptError(f"pruning plan: {what} {value!r} is a bool, not an integer")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise GraphoptError(
+            f"pruning plan: {what} {value!r} ({type(value).__name__}) is not an integer"
+        ) from None
 
 
 def check_plan(groups: Sequence[PruningGroup], plan: PruningPlan) -> None:

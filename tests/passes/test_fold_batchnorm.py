@@ -112,9 +112,13 @@ def test_refusals_are_recorded_and_numerics_kept(model, shape, reason_part) -> N
 
 
 def test_training_mode_is_a_clear_error() -> None:
+    """``trace`` captures a training-mode model in eval mode; a graph exported in training
+    mode by other means (here torch.export directly) still reaches the pass's refusal."""
+    from graphopt.capture import export_program
+
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
     x = torch.randn(2, 3, 6, 6)
-    gm = trace(model, x)
+    gm = export_program(model, (x,)).module()
     with pytest.raises(PassError, match=r"fold_batchnorm.*training mode.*model\.eval\(\)"):
         FoldBatchNorm().run(gm, PassContext(example_inputs=(x,)))
 
