@@ -3,6 +3,7 @@
 Bad input (unknown pass or option, bad shape, missing file, a factory that raises) ends with
 one line on stderr and exit status 2, never a traceback (``--debug`` shows it), and leaves no
 partial output and nothing of the user's touched: see :mod:`graphopt.output` for the rules.
+A run whose budgets (``require:``) fail writes its artifacts, marked failing, and exits 3.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -91,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="compress a model as a recipe says")
     run.add_argument("recipe", help="path to the recipe file (YAML or TOML)")
     run.add_argument("--output", help="output folder (overrides the recipe's)")
+    run.add_argument(
+        "--require",
+        action="append",
+        metavar="BUDGET",
+        help="a budget such as 'speedup.onnxruntime>=2.5' (repeatable; adds to the recipe's)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print the summary as JSON on stdout (tables: stderr)"
+    )
     run.set_defaults(handler=_cmd_run)
 
     inspect = sub.add_parser(
@@ -124,16 +133,31 @@ def _parser() -> argparse.ArgumentParser:
 
 # ---- commands -------------------------------------------------------------------------------
 def _cmd_run(args: argparse.Namespace) -> int:
+    """Compress as the recipe says; exit 3 (artifacts written, marked failing) if a budget fails."""
+    import dataclasses
+    import json
+
     from rich.console import Console
 
+    from graphopt.budgets import check_budgets
     from graphopt.loading import load_callable, load_data, load_model
+    from graphopt.progress import Progress, library_noise_to
+    from graphopt.provenance import sha256_json
     from graphopt.recipe import load_recipe
+    from graphopt.report import artifact_hashes
     from graphopt.runner import compress
 
     recipe = load_recipe(args.recipe)
+    if args.require:
+        recipe = recipe.with_requirements(args.require)
     output = Path(args.output) if args.output is not None else recipe.output
     folder_guard = OutputFolder(output)  # checked and staged now, before any work
-    with folder_guard as folder, _status(Console(stderr=True)) as say:
+    debug = bool(args.debug or os.environ.get("GRAPHOPT_DEBUG"))
+    with (
+        folder_guard as folder,
+        library_noise_to(folder / "graphopt.log", enabled=not debug) as stderr,
+        Progress(stderr) as say,
+    ):
         evaluate = load_callable(recipe.evaluate, what="evaluate") if recipe.evaluate else None
         say(f"loading {recipe.model}")
         model, inputs = load_model(recipe.model, input_shape=recipe.input_shape, seed=recipe.seed)
@@ -150,15 +174,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
             name=recipe.model,
             progress=say,
         )
+        as_run = recipe.as_run()
+        report = dataclasses.replace(
+            run.report,
+            budgets=check_budgets(run.report, recipe.require),
+            provenance={
+                **run.report.provenance,
+                "recipe_file": str(args.recipe),
+                "recipe": as_run,
+                "recipe_sha256": sha256_json(as_run),
+            },
+        )
         say("saving the compressed model and the report")
         _save_model(run.compressed, run.example_inputs, folder)
-        written = run.report.write(folder)
-    run.report.print(Console())
-    print(
-        f"wrote {', '.join(str(output / p.name) for p in written)}, "
-        f"{output / 'model.pt2'}, {output / 'model.onnx'}"
-    )
-    return 0
+        written = report.write(folder)
+        artifacts = artifact_hashes(folder)
+        folder_guard.status = report.status
+    tables = Console(stderr=True) if args.json else Console()
+    report.print(tables)
+    names = [p.name for p in written] + ["model.pt2", "model.onnx"]
+    if args.json:
+        summary = {**report.summary(artifacts), "output": str(output), "files": names}
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"wrote {', '.join(str(output / n) for n in names)}")
+    return 3 if report.status == "failed" else 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -253,6 +293,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from graphopt.backends.compare import bench_backends
     from graphopt.capture import trace
     from graphopt.loading import load_model
+    from graphopt.progress import Progress
     from graphopt.recipe import check_bench_counts
 
     check_bench_counts(args.warmup, args.runs, where="bench")
@@ -267,8 +308,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if n != "torch"
     ]
     model, inputs = load_model(args.model, input_shape=args.input_shape)
-    console = Console(stderr=True)
-    with _status(console) as say:
+    with Progress(sys.stderr) as say:
         say("capturing")
         gm = trace(model, inputs)
         say(f"compiling and timing on {', '.join(b.name for b in backends)}")
@@ -301,13 +341,6 @@ def _cmd_passes(args: argparse.Namespace) -> int:
 
 
 # ---- helpers --------------------------------------------------------------------------------
-@contextmanager
-def _status(console: object) -> Iterator[Callable[[str], None]]:
-    """A spinner line for long steps; each message replaces the previous one."""
-    with console.status("starting") as status:  # type: ignore[attr-defined]
-        yield lambda message: status.update(message)
-
-
 def _save_model(gm: object, inputs: tuple, folder: Path) -> None:
     """Save the compressed graph as a torch.export archive (no pickled code) and as ONNX."""
     import torch

@@ -67,6 +67,7 @@ class OutputFolder:
         if not isinstance(target, (str, Path)) or not str(target).strip():
             raise RecipeError(f"the output must be a folder path, got {target!r}")
         self.requested = Path(target)
+        self.status = "complete"  # recorded in the manifest; a run whose budgets failed says so
         self.target = Path(os.path.abspath(target)).resolve()
         self._check_target()
         self._created_parents = self._make_parents()
@@ -150,10 +151,13 @@ class OutputFolder:
 
     # ---- commit / discard -----------------------------------------------------------------
     def _commit(self) -> None:
-        files = sorted(os.listdir(self.staging))
-        (self.staging / MANIFEST).write_text(
-            json.dumps({"written_by": "graphopt", "files": files}, indent=1), encoding="utf-8"
-        )
+        from graphopt.provenance import sha256_file
+
+        files = {
+            name: sha256_file(self.staging / name) for name in sorted(os.listdir(self.staging))
+        }
+        manifest = {"written_by": "graphopt", "status": self.status, "files": files}
+        (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         self.staging.chmod(0o755)  # mkdtemp makes it private; the output is an ordinary folder
         old = None
         if self.target.exists():

@@ -14,20 +14,26 @@
                                     # calibration batches, evaluate); or `random` for synthetic
                                     # calibration inputs shaped like the example inputs
     output: out/resnet18
+    require:                        # optional budgets, checked after the run (exit 3 if one
+      - speedup.onnxruntime >= 2.5  # fails); names in graphopt.budgets
+      - size_mb <= 5
 
 Everything is validated when loaded, so a typo fails before any work starts.
 """
 
 from __future__ import annotations
 
+import inspect
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from graphopt.backends import get_backend
+from graphopt.budgets import Requirement, parse_requirements
 from graphopt.checks import is_int
 from graphopt.errors import RecipeError
 from graphopt.loading import parse_shape
@@ -45,6 +51,7 @@ _KEYS = {
     "evaluate",
     "data",
     "output",
+    "require",
 }
 _BENCH_KEYS = {"warmup", "runs"}
 
@@ -69,12 +76,56 @@ class Recipe:
     evaluate: str | None
     output: Path
     data: str | None = None
+    require: tuple[Requirement, ...] = ()
 
     def build_passes(self) -> list[Pass]:
         return [get_pass(step.name, **step.options) for step in self.passes]
 
     def build_backends(self) -> list[Any]:
         return [get_backend(step.name, **step.options) for step in self.backends]
+
+    def with_requirements(self, extra: Sequence[str]) -> Recipe:
+        """This recipe with ``--require`` conditions added (validated like the recipe's)."""
+        added = parse_requirements(
+            list(extra),
+            backends=[b.name for b in self.build_backends()],
+            has_task_metric=self.evaluate is not None or _may_evaluate(self.data),
+            where="--require",
+        )
+        return replace(self, require=self.require + added)
+
+    def as_run(self) -> dict[str, Any]:
+        """The recipe with every default filled in: what provenance records and hashes."""
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+            "seed": self.seed,
+            "passes": [{p.name: p.options()} for p in self.build_passes()],
+            "backends": [
+                {step.name: _with_defaults(backend, step.options)}
+                for step, backend in zip(self.backends, self.build_backends(), strict=True)
+            ],
+            "benchmark": {"warmup": self.warmup, "runs": self.runs},
+            "evaluate": self.evaluate,
+            "data": self.data,
+            "output": str(self.output),
+            "require": [str(r) for r in self.require],
+        }
+
+
+def _with_defaults(backend: object, options: dict[str, Any]) -> dict[str, Any]:
+    parameters = inspect.signature(type(backend).__init__).parameters.values()
+    defaults = {
+        p.name: p.default
+        for p in parameters
+        if p.name != "self" and p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **options}
+
+
+def _may_evaluate(data: str | None) -> bool:
+    """A data callable may give an evaluate function; ``random`` data never does."""
+    return data is not None and data != "random"
 
 
 _MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of text; anything larger is not one
@@ -184,7 +235,14 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
         data=data_spec,
     )
     recipe.build_passes()  # validates pass names and options now, before any work
-    recipe.build_backends()
+    backends = recipe.build_backends()
+    if "require" in data:
+        requirements = parse_requirements(
+            data["require"],
+            backends=[b.name for b in backends],
+            has_task_metric=evaluate is not None or _may_evaluate(data_spec),
+        )
+        recipe = replace(recipe, require=requirements)
     return recipe
 
 

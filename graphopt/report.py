@@ -7,6 +7,12 @@ Metrics (names as in the model-compression literature):
 - compression rate a/a* and index-space saving (a − a*)/a* for every GEM (a original, a*
   compressed), and speed-up s/s* for every backend.
 Written as a terminal table, ``report.json`` and ``report.md`` with ``report.png``.
+
+``report.json`` is versioned (``schema_version``; the JSON Schema ships as
+``graphopt/schemas/report.schema.json``) and carries the provenance of the run (versions,
+machine, recipe and input hashes, artifact hashes, start and end time) and the budgets checked
+(``status``: ``passed``, ``failed`` or ``unchecked``). ``report.md`` opens with a model card: a
+short summary a reviewer can paste into a pull request.
 """
 
 from __future__ import annotations
@@ -19,9 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from graphopt.analysis import ModelStats
+from graphopt.budgets import BudgetCheck
 from graphopt.pass_manager import StageReport
 
-__all__ = ["BackendLatency", "CompressionReport", "ratio"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "BackendLatency",
+    "CompressionReport",
+    "artifact_hashes",
+    "ratio",
+    "report_schema",
+]
+
+SCHEMA_VERSION = "1.0"
 
 _GEM = ("params", "macs", "size_bytes", "peak_activation_bytes")
 
@@ -43,6 +59,27 @@ class BackendLatency:
         return ratio(self.original_ms, self.compressed_ms)
 
 
+def artifact_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every artifact in an output folder: the model files and the plots (the JSON
+    and markdown reports and the log are written after, or still growing)."""
+    from graphopt.provenance import sha256_file
+
+    skip = {"report.json", "report.md", "graphopt.log"}
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name not in skip and not p.name.startswith(".")
+    }
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of ``report.json`` (shipped with the package), for validators/editors."""
+    from importlib import resources
+
+    text = resources.files("graphopt").joinpath("schemas/report.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
 def ratio(original: float, compressed: float) -> float:
     return original / compressed if compressed else math.inf
 
@@ -57,6 +94,16 @@ class CompressionReport:
     task_metric: dict[str, dict[str, float]] | None = (
         None  # {"original": {...}, "compressed": {...}}
     )
+    fidelity: dict[str, float] | None = None  # compressed vs original outputs: cosine, rel. error
+    provenance: dict[str, Any] = field(default_factory=dict)
+    budgets: tuple[BudgetCheck, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """``passed``/``failed`` when budgets were checked, else ``unchecked``."""
+        if not self.budgets:
+            return "unchecked"
+        return "passed" if all(b.passed for b in self.budgets) else "failed"
 
     def gem_rows(self) -> list[dict[str, float | str]]:
         rows = []
@@ -75,6 +122,8 @@ class CompressionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
+            "status": self.status,
             "model": self.model,
             "task_metric": self.task_metric,
             "gem": self.gem_rows(),
@@ -84,17 +133,46 @@ class CompressionReport:
             },
             "latency": [{**asdict(lat), "speedup": lat.speedup} for lat in self.latencies],
             "stages": [asdict(s) for s in self.stages],
+            "fidelity": self.fidelity,
+            "budgets": [b.to_dict() for b in self.budgets],
+            "provenance": self.provenance,
         }
+
+    def summary(self, artifacts: dict[str, str] | None = None) -> dict[str, Any]:
+        """The numbers a pipeline reads (``graphopt run --json``): status, budgets, gains;
+        ``artifacts`` the written files' hashes (:func:`artifact_hashes`)."""
+        gem = {row["metric"]: row for row in self.gem_rows()}
+        return _finite(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "status": self.status,
+                "model": self.model,
+                "budgets": [b.to_dict() for b in self.budgets],
+                "task_metric": self.task_metric,
+                "fidelity": self.fidelity,
+                "size_mb": self.compressed.size_bytes / 1e6,
+                "size_ratio": gem["size_bytes"]["compression_rate"],
+                "macs_ratio": gem["macs"]["compression_rate"],
+                "params_ratio": gem["params"]["compression_rate"],
+                "speedup": {lat.backend: lat.speedup for lat in self.latencies},
+                "latency_ms": {lat.backend: lat.compressed_ms for lat in self.latencies},
+                "artifacts": artifacts or {},
+            }
+        )
 
     # ---- writers ---------------------------------------------------------------------------
     def write(self, folder: Path) -> list[Path]:
         """Write report.json, report.md and report.png into ``folder``; returns the paths."""
         folder.mkdir(parents=True, exist_ok=True)
-        json_path = folder / "report.json"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default))
         plot_path = folder / "report.png"
         self._plot(plot_path)
         extra_plots = self._search_plots(folder)
+        document = self.to_dict()
+        document["provenance"] = {**self.provenance, "artifacts": artifact_hashes(folder)}
+        json_path = folder / "report.json"
+        json_path.write_text(
+            json.dumps(_finite(document), indent=2, default=_json_default, allow_nan=False)
+        )
         md_path = folder / "report.md"
         md_path.write_text(
             self.markdown(plot_name=plot_path.name, extra_plots=[p.name for p in extra_plots])
@@ -121,7 +199,7 @@ class CompressionReport:
         return paths
 
     def markdown(self, *, plot_name: str | None = None, extra_plots: Sequence[str] = ()) -> str:
-        lines = [f"# graphopt report: {self.model}", ""]
+        lines = [f"# graphopt report: {self.model}", "", *model_card(self), ""]
         if self.task_metric:
             lines += [
                 "## Task metric (TRM)",
@@ -279,6 +357,76 @@ class CompressionReport:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+
+def model_card(report: CompressionReport) -> list[str]:
+    """The summary a reviewer pastes into a pull request: budgets, what was done, the gains."""
+    checks = report.budgets
+    failed = [b for b in checks if not b.passed]
+    if not checks:
+        verdict = "**Budgets: none set**"
+    elif failed:
+        verdict = f"**Budgets: FAILED** ({len(failed)} of {len(checks)} missed)"
+    else:
+        verdict = f"**Budgets: passed** ({len(checks)} of {len(checks)})"
+    steps = [s.name for s in report.stages if s.name != "capture"]
+    done = " → ".join(steps) if steps else "capture only (no passes)"
+    gem = {row["metric"]: row for row in report.gem_rows()}
+    facts = []
+    if report.task_metric:
+        for name, before in report.task_metric["original"].items():
+            after = report.task_metric["compressed"].get(name, math.nan)
+            facts.append(f"{name} {before:.4g} → {after:.4g} ({after - before:+.3g})")
+    facts.append(
+        f"MACs {_human(report.original.macs)} → {_human(report.compressed.macs)} "
+        f"(÷{gem['macs']['compression_rate']:.2f})"
+    )
+    size_rate = gem["size_bytes"]["compression_rate"]
+    facts.append(
+        f"size {report.original.size_bytes / 1e6:.2f} MB → "
+        f"{report.compressed.size_bytes / 1e6:.2f} MB (÷{size_rate:.2f})"
+    )
+    facts += [
+        f"{lat.backend} {lat.original_ms:.3f} → {lat.compressed_ms:.3f} ms (×{lat.speedup:.2f})"
+        for lat in report.latencies
+    ]
+    if report.fidelity and math.isfinite(report.fidelity.get("cosine", math.nan)):
+        facts.append(f"output cosine vs original {report.fidelity['cosine']:.5f}")
+    lines = [f"> {verdict} · {done}", ">", f"> {'; '.join(facts)}."]
+    if checks:
+        lines += ["", "| budget | measured | result |", "|---|---:|---|"]
+        lines += [
+            f"| `{b.requirement}` | {_value_text(b.value)} | "
+            f"{'pass' if b.passed else 'FAIL'}{f' ({b.note})' if b.note else ''} |"
+            for b in checks
+        ]
+    prov = report.provenance
+    if prov:
+        ver = prov.get("versions", {})
+        libs = ", ".join(f"{k} {v}" for k, v in ver.items() if v and k != "python")
+        recipe = prov.get("recipe_sha256")
+        lines += [
+            "",
+            f"<sub>{libs}; {prov.get('machine', {}).get('cpu', 'unknown CPU')}"
+            + (f"; recipe sha256 {recipe[:12]}" if recipe else "")
+            + f"; {prov.get('finished_at', '')}</sub>",
+        ]
+    return lines
+
+
+def _value_text(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def _finite(value: Any) -> Any:
+    """NaN and ±inf as JSON ``null`` (JSON has no such numbers; readers choke on them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _metric_text(metric: dict[str, float] | None) -> str:

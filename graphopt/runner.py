@@ -10,13 +10,16 @@ import torch
 from torch import nn
 from torch.fx import GraphModule
 
-from graphopt.analysis import analyze
+from graphopt.analysis import ModelStats, analyze
 from graphopt.backends.base import Backend
 from graphopt.capture import as_input_tuple, trace
 from graphopt.data import TaskData
+from graphopt.fidelity import output_fidelity
+from graphopt.guards import ACTIVATION_COPIES, require_memory
 from graphopt.metrics import EvalFn, evaluate_metric
 from graphopt.pass_manager import PassManager
 from graphopt.passes import Pass, PassContext
+from graphopt.provenance import input_signature, machine, now_iso, versions
 from graphopt.report import BackendLatency, CompressionReport
 
 __all__ = ["CompressionRun", "compress", "evaluate_metric", "latency_probe"]
@@ -45,19 +48,25 @@ def compress(
 ) -> CompressionRun:
     """Capture ``model``, run ``passes``, measure on ``backends`` and build the report.
 
-    The user's model is never modified (``trace`` deep-copies it). ``data`` (a ``TaskData``)
-    gives passes training and calibration batches; its ``evaluate`` is used when
-    ``evaluate`` is not given. With an evaluation function the task metric is measured after
-    every stage. Passes also find the captured original (``"teacher"``, for distillation)
-    and, when there is a backend, ``"latency"``: a probe timing a module on the first one.
-    Backend latencies of the original and the compressed graph are measured interleaved in
-    one loop per backend.
+    The user's model is never modified (``trace`` deep-copies it, and captures the copy in
+    eval mode with a ``UserWarning`` when the model was left in training mode: compressing
+    batch-statistics BatchNorm and live dropout would measure the wrong model). Capture also
+    refuses a forward that returns no tensors (``CaptureError``), which would otherwise be
+    reported as 0 MACs. ``data`` (a ``TaskData``) gives passes training and calibration
+    batches; its ``evaluate`` is used when ``evaluate`` is not given. With an evaluation
+    function the task metric is measured after every stage. Passes also find the captured
+    original (``"teacher"``, for distillation) and, when there is a backend, ``"latency"``: a
+    probe timing a module on the first one. Backend latencies of the original and the
+    compressed graph are measured interleaved in one loop per backend.
     """
+    started_at = now_iso()
     inputs = as_input_tuple(example_inputs)
     say = progress or (lambda _msg: None)
     evaluate = evaluate or (data.evaluate if data is not None else None)
     say("capturing with torch.export")
-    original = trace(model, inputs)
+    original = trace(model, inputs)  # symbolic: no activation is computed yet
+    original_stats = analyze(original)
+    _require_activation_memory(original_stats, inputs)
     context = PassContext(inputs, _extras(original, data, evaluate, backends, warmup, runs))
     say(f"running {len(passes)} pass(es)")
     result = PassManager(passes).run(original, inputs, context=context, evaluate=evaluate)
@@ -76,13 +85,31 @@ def compress(
         }
     report = CompressionReport(
         model=name or type(model).__name__,
-        original=analyze(original),
+        original=original_stats,
         compressed=analyze(compressed),
         stages=result.stages,
         latencies=tuple(latencies),
         task_metric=task_metric,
+        fidelity=output_fidelity(original, compressed, inputs),
+        provenance={
+            "versions": versions(),
+            "machine": machine(),
+            "inputs": input_signature(inputs),
+            "started_at": started_at,
+            "finished_at": now_iso(),
+        },
     )
     return CompressionRun(original, compressed, inputs, report)
+
+
+def _require_activation_memory(stats: ModelStats, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Refuse, before anything runs for real, example inputs whose activations cannot fit."""
+    batch = max((int(t.shape[0]) for t in inputs if t.dim()), default=1)
+    needed = ACTIVATION_COPIES * stats.peak_activation_bytes * batch + sum(
+        t.numel() * t.element_size() for t in inputs
+    )
+    shapes = ", ".join(str(list(t.shape)) for t in inputs)
+    require_memory(needed, f"running the model on example inputs {shapes}")
 
 
 def _extras(

@@ -9,7 +9,9 @@ and a red CI is never a coin flip.
 """
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -18,3 +20,28 @@ torch.set_num_threads(1)
 settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True)
+def _every_written_report_matches_the_schema(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every report.json the suite writes is validated against the shipped JSON Schema."""
+    import json
+
+    import jsonschema
+
+    from graphopt.report import CompressionReport, report_schema
+
+    schema = report_schema()
+    write = CompressionReport.write
+
+    def checked_write(self: CompressionReport, folder: Path) -> list[Path]:
+        written = write(self, folder)
+        document = json.loads((folder / "report.json").read_text())
+        jsonschema.validate(document, schema, format_checker=jsonschema.FormatChecker())
+        WRITTEN_REPORTS.append(folder / "report.json")
+        return written
+
+    monkeypatch.setattr(CompressionReport, "write", checked_write)
+
+
+WRITTEN_REPORTS: list[Path] = []

@@ -59,6 +59,7 @@ def test_run_writes_report_and_models(tmp_path: Path, capsys: pytest.CaptureFixt
         "model.pt2",
         "model.onnx",
         ".graphopt-output.json",  # the manifest: what graphopt may replace on the next run
+        "graphopt.log",  # what torch, ORT and TVM printed, kept off the user's screen
     }
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["capture", "fold_batchnorm"]

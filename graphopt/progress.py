@@ -1,0 +1,118 @@
+"""Progress a person and a CI log can both read, and library noise kept off the screen.
+
+Why: ``make demo-backends`` printed nothing to a log for seven minutes per tuned model (a rich
+spinner draws only on a terminal) while TVM's C++ warnings (``Unknown schedule rule
+"meta_schedule.pool_max"``, repeated) went straight to the screen. So:
+
+- :class:`Progress` is a spinner on a terminal and, anywhere else, one plain line per step plus
+  a heartbeat line every few seconds while a step runs (``GRAPHOPT_PROGRESS_SECONDS``, default
+  10);
+- :func:`library_noise_to` points file descriptor 2 at a log file for the duration of a run, so
+  whatever torch, TVM or ONNX Runtime print from C++ or Python lands in the output folder's
+  ``graphopt.log``; graphopt's own messages go to the real stderr it hands back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TextIO
+
+__all__ = ["Progress", "library_noise_to"]
+
+
+def _heartbeat_seconds() -> float:
+    try:
+        return max(0.5, float(os.environ.get("GRAPHOPT_PROGRESS_SECONDS", "10")))
+    except ValueError:
+        return 10.0
+
+
+class Progress:
+    """``with Progress(stream) as say: say("tuning")`` — spinner or plain, timestamped lines."""
+
+    def __init__(self, stream: TextIO | None = None, *, heartbeat_s: float | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else _heartbeat_seconds()
+        self._start = time.monotonic()
+        self._message = ""
+        self._since = self._start
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._status = None
+        self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __enter__(self) -> Progress:
+        if self._interactive:
+            from rich.console import Console
+
+            self._status = Console(file=self.stream).status("starting")
+            self._status.__enter__()
+        else:
+            self._thread = threading.Thread(
+                target=self._beat, name="graphopt-progress", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        if self._status is not None:
+            self._status.__exit__(None, None, None)
+
+    def __call__(self, message: str) -> None:
+        with self._lock:
+            if message == self._message:
+                return
+            self._message, self._since = message, time.monotonic()
+        if self._status is not None:
+            self._status.update(message)
+        else:
+            self._line(message)
+
+    def _line(self, text: str) -> None:
+        elapsed = time.monotonic() - self._start
+        try:
+            self.stream.write(f"[graphopt {elapsed:6.1f}s] {text}\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed pipe: progress is best effort
+            pass
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            with self._lock:
+                message, since = self._message, self._since
+            if message:
+                self._line(f"… still {message} ({time.monotonic() - since:.0f} s)")
+
+
+@contextmanager
+def library_noise_to(log_path: Path, *, enabled: bool = True) -> Iterator[TextIO]:
+    """Send file descriptor 2 (C++ and Python library output) to ``log_path``; yield a stream
+    writing to the real stderr for graphopt's own messages. Disabled: yield ``sys.stderr``."""
+    if not enabled:
+        yield sys.stderr
+        return
+    with suppress(OSError, ValueError):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    real = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    log = open(log_path, "ab")  # noqa: SIM115 - its descriptor is dup'ed over fd 2
+    try:
+        os.dup2(log.fileno(), 2)
+        yield real
+    finally:
+        with suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
+        real.close()
