@@ -124,6 +124,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--tvm-trials", type=int, default=0, help="MetaSchedule trial budget")
     bench.set_defaults(handler=_cmd_bench)
 
+    export = sub.add_parser(
+        "export", parents=[common], help="write the ONNX file of a saved model (.pt2)"
+    )
+    export.add_argument("model", help="a .pt2 archive, e.g. the model.pt2 of graphopt run")
+    export.add_argument("--onnx", required=True, help="the .onnx file to write")
+    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--input-shape", help="example input shape, if the archive has none")
+    export.set_defaults(handler=_cmd_export)
+
     passes = sub.add_parser(
         "passes", parents=[common], help="list the registered passes and their options"
     )
@@ -342,14 +351,36 @@ def _cmd_passes(args: argparse.Namespace) -> int:
 
 # ---- helpers --------------------------------------------------------------------------------
 def _save_model(gm: object, inputs: tuple, folder: Path) -> None:
-    """Save the compressed graph as a torch.export archive (no pickled code) and as ONNX."""
-    import torch
-
+    """Save the compressed graph as a torch.export archive (no pickled code) and as ONNX;
+    the ONNX file is loaded once in ONNX Runtime, so what is shipped is known to load."""
+    from graphopt.artifacts import save
     from graphopt.backends import get_backend
-    from graphopt.capture import export_program
 
-    torch.export.save(export_program(gm, inputs), folder / "model.pt2")
+    save(gm, inputs, folder / "model.pt2")
     get_backend("onnxruntime", onnx_path=folder / "model.onnx").compile(gm, inputs)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """``graphopt export MODEL.pt2 --onnx OUT.onnx``: the ONNX file of a saved model."""
+    from graphopt.artifacts import export_onnx, load_program
+
+    program = load_program(args.model)
+    inputs, _ = program.example_inputs or ((), {})
+    if args.input_shape:
+        import torch
+
+        from graphopt.loading import parse_shape
+
+        shape = parse_shape(args.input_shape)
+        inputs = (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
+    if not inputs:
+        raise RecipeError(f"{args.model!r} stores no example inputs: give --input-shape")
+    onnx = Path(args.onnx)
+    if onnx.suffix != ".onnx" or onnx.is_dir():
+        raise RecipeError(f"--onnx must name a .onnx file, got {args.onnx!r}")
+    export_onnx(program.module(), tuple(inputs), onnx, opset=args.opset)
+    print(f"wrote {onnx}")
+    return 0
 
 
 if __name__ == "__main__":

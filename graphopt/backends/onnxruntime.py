@@ -54,7 +54,7 @@ from graphopt.backends.base import describe_model
 from graphopt.capture import as_input_tuple, at_least_batch_two, dynamic_batch_shapes
 from graphopt.errors import BackendError, BackendUnavailableError, RecipeError
 
-__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeCompiled"]
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeCompiled", "export_onnx_file"]
 
 _OPTIMIZATION_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -155,7 +155,7 @@ class OnnxRuntimeBackend:
         scratch = tempfile.TemporaryDirectory(prefix="graphopt-ort-")
         path = self.onnx_path or Path(scratch.name) / "model.onnx"
         path.parent.mkdir(parents=True, exist_ok=True)
-        dynamic, dynamic_note = _export(model, inputs, path, self.opset, model_name)
+        dynamic, dynamic_note = export_onnx_file(model, inputs, path, self.opset, model_name)
         optimized = Path(scratch.name) / "optimized.onnx"
         session = self._session(ort, path, optimized, model_name)
         info: dict[str, Any] = {
@@ -226,7 +226,7 @@ def _require_runtime() -> Any:
     return importlib.import_module("onnxruntime")
 
 
-def _export(
+def export_onnx_file(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     path: Path,
