@@ -32,6 +32,15 @@ __all__ = [
     "trace",
 ]
 
+# Layers whose forward differs between training and eval (torch's own); user code that reads
+# ``self.training`` is put in eval mode too, but only these make the difference certain.
+_TRAINING_MODE_LAYERS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.MultiheadAttention,
+)
+
 _TORCH_DIR_MARKERS = ("/torch/", "/site-packages/torch", "/graphopt/capture.py")
 
 
@@ -79,12 +88,18 @@ def trace(
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
     model_copy = copy.deepcopy(model)
-    if any(m.training for m in model.modules()):
-        model_copy.eval()
+    mode_dependent = [
+        name or type(model).__name__
+        for name, m in model.named_modules()
+        if m.training and isinstance(m, _TRAINING_MODE_LAYERS)
+    ]
+    model_copy.eval()
+    if mode_dependent:  # a warning only where the mode changes results, not for every Linear
         warnings.warn(
-            f"graphopt: the {type(model).__name__} was in training mode; it was captured in eval "
-            "mode (BatchNorm with running statistics, no dropout) on a copy, and your model "
-            "keeps its flag. Call model.eval() before capture to silence this.",
+            f"graphopt: the {type(model).__name__} was in training mode ({mode_dependent[0]} "
+            f"and {len(mode_dependent) - 1} other layer(s) behave differently in training); "
+            "it was captured in eval mode (BatchNorm with running statistics, no dropout) on "
+            "a copy, and your model keeps its flag. Call model.eval() before capture.",
             UserWarning,
             stacklevel=2,
         )

@@ -5,11 +5,22 @@ and compares outputs with the previous stage on the example inputs. Exact passes
 max relative error ``max|y − y_prev| / max|y_prev|`` within ``exact_tolerance`` (1e-5) or the run
 fails naming the pass; approximate passes have the error measured and reported. The relative
 error is normalised by the output's scale, not elementwise, so outputs near zero don't inflate it.
+
+Non-finite numbers are never a result, always an error: a NaN compares false with everything,
+so an unchecked ``max(worst, nan)`` reported a pass that filled the weights with NaN as exact
+with error 0. The manager therefore refuses non-finite example inputs and a model whose outputs
+on them are already non-finite (``RecipeError``/``GraphoptError`` before any pass runs), and
+after every pass raises ``NumericsError`` naming it when the outputs on the example inputs, or a
+float parameter, buffer or constant, hold NaN or inf. These checks run even with
+``check_numerics=False``, which only turns off the comparison with the previous stage: a
+non-finite model is wrong whatever the tolerance. Tensors that were non-finite at capture
+(a causal mask of ``-inf``) are allowed to stay so under the same name.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -21,8 +32,9 @@ from torch.fx import GraphModule
 
 from graphopt.analysis import analyze
 from graphopt.capture import as_input_tuple
-from graphopt.errors import NumericsError, PassError
-from graphopt.ir import propagate_shapes
+from graphopt.data import check_finite, count_nonfinite
+from graphopt.errors import GraphoptError, NumericsError, PassError
+from graphopt.ir import get_tensor, propagate_shapes
 from graphopt.metrics import EvalFn, evaluate_metric
 from graphopt.passes.base import Pass, PassContext
 
@@ -84,17 +96,33 @@ class PassManager:
         With ``evaluate`` (the user's task metric), every stage, the capture included, is
         evaluated and the value recorded in its ``StageReport.task_metric``.
         """
+        if not isinstance(gm, GraphModule):
+            raise GraphoptError(
+                "PassManager.run takes the GraphModule of graphopt.trace(model, inputs), got "
+                f"{type(gm).__module__}.{type(gm).__qualname__}"
+            )
         inputs = as_input_tuple(example_inputs)
+        check_finite(inputs, "the example input batch")
         ctx = context or PassContext(example_inputs=inputs)
         with warnings.catch_warnings():  # torch's pytree deprecation noise on deepcopy
             warnings.filterwarnings("ignore", category=FutureWarning)
             current = copy.deepcopy(gm)
         reference = _outputs(current, inputs)
+        counts = _nonfinite_outputs(reference)
+        if counts:
+            raise GraphoptError(
+                f"the model gives non-finite outputs ({counts}) on the example inputs before "
+                "any pass ran; graphopt can only check a model whose outputs are finite: fix "
+                "the model or the example inputs"
+            )
+        allowed = set(_nonfinite_tensors(current))  # e.g. a -inf attention mask
 
-        def metric(module: GraphModule) -> dict[str, float] | None:
-            return None if evaluate is None else evaluate_metric(evaluate, module)
+        def metric(module: GraphModule, stage: str) -> dict[str, float] | None:
+            if evaluate is None:
+                return None
+            return evaluate_metric(evaluate, module, stage=stage)
 
-        stages = [_stage("capture", True, False, 0.0, current, 0.0, {}, metric(current))]
+        stages = [_stage("capture", True, False, 0.0, current, 0.0, {}, metric(current, "capture"))]
         for p in self.passes:
             start = time.perf_counter()
             result = p.run(current, ctx)
@@ -102,6 +130,7 @@ class PassManager:
             self._housekeeping(p, current, inputs)
             seconds = time.perf_counter() - start
             outputs = _outputs(current, inputs)
+            _check_finite_stage(p, current, outputs, allowed)
             error = relative_error(reference, outputs) if self.check_numerics else float("nan")
             if p.exact and self.check_numerics and not error <= self.exact_tolerance:
                 raise NumericsError(
@@ -118,7 +147,7 @@ class PassManager:
                     current,
                     error,
                     dict(result.stats),
-                    metric(current),
+                    metric(current, p.name),
                 )
             )
             reference = outputs
@@ -143,20 +172,88 @@ def _outputs(gm: GraphModule, inputs: tuple[torch.Tensor, ...]) -> list[torch.Te
     return [t.detach() for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
 
 
+def _check_finite_stage(
+    p: Pass, gm: GraphModule, outputs: list[torch.Tensor], allowed: set[str]
+) -> None:
+    """``NumericsError`` naming ``p`` for non-finite outputs or newly non-finite tensors."""
+    found = {k: v for k, v in _nonfinite_tensors(gm).items() if k not in allowed}
+    bad = list(found)
+    counts = _nonfinite_outputs(outputs)
+    if counts:
+        first = f"; the first non-finite tensor is {bad[0]!r}" if bad else ""
+        raise NumericsError(
+            p.name, f"produced non-finite outputs ({counts}) on the example inputs{first}"
+        )
+    if bad:
+        nan, inf = found[bad[0]]
+        raise NumericsError(
+            p.name,
+            f"left non-finite values in tensor {bad[0]!r} ({nan} NaN, {inf} inf)"
+            + (f" and in {len(bad) - 1} more" if len(bad) > 1 else ""),
+        )
+
+
+def _nonfinite_outputs(outputs: Sequence[torch.Tensor]) -> str:
+    """``"3 NaN, 0 inf"`` over all outputs, or "" when every value is finite."""
+    nan = inf = 0
+    for tensor in outputs:
+        n, i = count_nonfinite(tensor)
+        nan, inf = nan + n, inf + i
+    return f"{nan} NaN, {inf} inf" if nan or inf else ""
+
+
+def _nonfinite_tensors(gm: GraphModule) -> dict[str, tuple[int, int]]:
+    """Non-finite float parameters, buffers and ``get_attr`` constants: name → (NaN, inf).
+
+    One ``isfinite`` reduction per tensor: 48 ms for ResNet-50's 25M values on 2 cores,
+    little beside a pass and a forward on the example inputs, so it runs after every pass.
+    """
+    tensors = dict(gm.named_parameters())
+    tensors.update(gm.named_buffers())
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and str(node.target) not in tensors:
+            value = get_tensor(gm, node)
+            if value is not None:
+                tensors[str(node.target)] = value
+    found = {}
+    for name, tensor in tensors.items():
+        counts = count_nonfinite(tensor.detach())
+        if any(counts):
+            found[name] = counts
+    return found
+
+
 def relative_error(reference: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> float:
-    """Worst over outputs of ``max|a − r| / max|r|`` (0 when both are all zero)."""
+    """Worst over outputs of ``max|a − r| / max|r|`` (0 when both are all zero).
+
+    Never hides a non-finite value: NaN in either side gives NaN, and an ``inf`` gives
+    ``inf`` unless both sides hold the same infinity at the same places (then the error is
+    that of the finite values). ``max`` is not used to combine, since ``max(x, nan)`` is ``x``.
+    """
     worst = 0.0
     for ref, got in zip(reference, actual, strict=True):
         if ref.shape != got.shape:
-            return float("inf")
-        if not ref.numel() or not ref.is_floating_point():
+            return math.inf
+        if not ref.numel() or not (ref.is_floating_point() or got.is_floating_point()):
             if not torch.equal(ref, got):
-                return float("inf")
+                return math.inf
             continue
         ref64, got64 = ref.double(), got.double()
+        if bool(ref64.isnan().any() or got64.isnan().any()):
+            return math.nan
+        infinite = ref64.isinf()
+        if not torch.equal(infinite, got64.isinf()) or not torch.equal(
+            ref64[infinite], got64[infinite]
+        ):
+            return math.inf
+        ref64, got64 = ref64[~infinite], got64[~infinite]
+        if not ref64.numel():
+            continue
         scale = ref64.abs().max().item()
         diff = (ref64 - got64).abs().max().item()
-        worst = max(worst, diff / scale if scale > 0 else diff)
+        error = diff / scale if scale > 0 else diff
+        if error > worst:
+            worst = error
     return worst
 
 

@@ -4,9 +4,10 @@ Why: ``make demo-backends`` printed nothing to a log for seven minutes per tuned
 spinner draws only on a terminal) while TVM's C++ warnings (``Unknown schedule rule
 "meta_schedule.pool_max"``, repeated) went straight to the screen. So:
 
-- :class:`Progress` is a spinner on a terminal and, anywhere else, one plain line per step plus
-  a heartbeat line every few seconds while a step runs (``GRAPHOPT_PROGRESS_SECONDS``, default
-  10);
+- :class:`Progress` is a spinner on a terminal and, anywhere else, one plain line per step that
+  lasts longer than a second (sub-second steps would only be noise, and a bad input that fails
+  at once stays a single error line) plus a heartbeat line every few seconds while a step runs
+  (``GRAPHOPT_PROGRESS_SECONDS``, default 10);
 - :func:`library_noise_to` points file descriptor 2 at a log file for the duration of a run, so
   whatever torch, TVM or ONNX Runtime print from C++ or Python lands in the output folder's
   ``graphopt.log``; graphopt's own messages go to the real stderr it hands back.
@@ -36,12 +37,20 @@ def _heartbeat_seconds() -> float:
 class Progress:
     """``with Progress(stream) as say: say("tuning")`` — spinner or plain, timestamped lines."""
 
-    def __init__(self, stream: TextIO | None = None, *, heartbeat_s: float | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        heartbeat_s: float | None = None,
+        announce_after_s: float = 1.0,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else _heartbeat_seconds()
+        self.announce_after_s = announce_after_s
+        self._announced = True  # nothing pending
         self._start = time.monotonic()
         self._message = ""
-        self._since = self._start
+        self._since = self._beaten = self._start
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -73,10 +82,10 @@ class Progress:
             if message == self._message:
                 return
             self._message, self._since = message, time.monotonic()
+            self._announced = False
+            self._beaten = self._since
         if self._status is not None:
             self._status.update(message)
-        else:
-            self._line(message)
 
     def _line(self, text: str) -> None:
         elapsed = time.monotonic() - self._start
@@ -87,11 +96,21 @@ class Progress:
             pass
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
+        """Announce a step once it has lasted ``announce_after_s``; then every heartbeat."""
+        tick = min(0.25, self.announce_after_s, self.heartbeat_s)
+        while not self._stop.wait(tick):
+            now = time.monotonic()
             with self._lock:
                 message, since = self._message, self._since
-            if message:
-                self._line(f"… still {message} ({time.monotonic() - since:.0f} s)")
+                if not message:
+                    continue
+                if not self._announced and now - since >= self.announce_after_s:
+                    self._announced, self._beaten, text = True, now, message
+                elif self._announced and now - self._beaten >= self.heartbeat_s:
+                    self._beaten, text = now, f"… still {message} ({now - since:.0f} s)"
+                else:
+                    continue
+            self._line(text)
 
 
 @contextmanager

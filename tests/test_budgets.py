@@ -147,12 +147,13 @@ def test_check_budgets_fails_what_it_cannot_measure(tmp_path: Path) -> None:
 
 def test_progress_prints_plain_lines_and_a_heartbeat_off_a_terminal() -> None:
     stream = io.StringIO()
-    with Progress(stream, heartbeat_s=0.2) as say:
+    with Progress(stream, heartbeat_s=0.3, announce_after_s=0.2) as say:
+        say("loading")  # shorter than announce_after_s: never printed
         say("tuning conv2d")
-        time.sleep(0.7)
+        time.sleep(1.2)
         say("tuning conv2d")  # the same step again: no second line
     lines = stream.getvalue().splitlines()
-    assert lines[0].endswith("] tuning conv2d")
+    assert lines[0].endswith("] tuning conv2d") and not any("loading" in x for x in lines)
     assert sum("still tuning conv2d" in line for line in lines) >= 2
 
 

@@ -199,7 +199,7 @@ class Adapt(Pass):
         if evaluate is None:
             calibration = ctx.extras.get("calibration")
             batches = (
-                list(itertools.islice(input_batches(calibration), _FIDELITY_BATCHES))
+                list(itertools.islice(input_batches(calibration, graph=gm), _FIDELITY_BATCHES))
                 if calibration is not None
                 else [tuple(ctx.example_inputs)]
             )

@@ -170,7 +170,7 @@ class LowRank(Pass):
         self, gm: GraphModule, ctx: PassContext, candidates: list[tuple[Layer, str]]
     ) -> dict:
         data = ctx.extras.get("calibration")
-        batches = input_batches(data) if data is not None else [ctx.example_inputs]
+        batches = input_batches(data, graph=gm) if data is not None else [ctx.example_inputs]
         targets = {layer.node: (1 if layer.kind == "conv" else -1) for layer, _ in candidates}
         if not targets:
             return {}

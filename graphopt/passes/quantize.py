@@ -188,7 +188,9 @@ class Quantize(Pass):
             else ctx.extras["calibration"]
         )
         try:
-            batches = list(take_samples(input_batches(source), self.calibration["samples"]))
+            batches = list(
+                take_samples(input_batches(source, ctx.example_inputs), self.calibration["samples"])
+            )
         except TypeError as exc:
             raise PassError(self.name, f"bad calibration data: {exc}") from exc
         if not batches:

@@ -4,6 +4,12 @@ One interpreted run per batch; a site's value is observed right after its node r
 graph is functional by then, see ``functionalize.py``). ``take_samples`` cuts the data at a
 number of samples (along each input's first dimension) so a recipe's ``samples: 128`` means
 128 images whatever the batch size.
+
+Every observed value must be finite: one ``inf`` reaching an observer makes its range, and so
+the scale and zero point of that site, ``inf``/NaN, and the int8 model computes NaN
+everywhere. Calibration *inputs* are checked where they are read (``graphopt.data``); here a
+site whose value is non-finite on finite inputs (the float model overflows) is a
+``NumericsError`` naming the batch and the node, raised before any scale is computed.
 """
 
 from __future__ import annotations
@@ -16,20 +22,34 @@ import torch
 from torch import Tensor
 from torch.fx import GraphModule, Interpreter, Node
 
+from graphopt.data import count_nonfinite
+from graphopt.errors import NumericsError
 from graphopt.quant.observers import Observer
 
-__all__ = ["observe", "take_samples"]
+__all__ = ["STAGE", "observe", "take_samples"]
+
+STAGE = "quantize"  # the pass these errors are raised for: the only caller of calibration
 
 
 class _Observing(Interpreter):
     def __init__(self, gm: GraphModule, observers: Mapping[str, Observer]) -> None:
         super().__init__(gm)
         self.observers = observers
+        self.batch = 0
 
     def run_node(self, n: Node) -> object:
         result = super().run_node(n)
         observer = self.observers.get(n.name)
         if observer is not None and isinstance(result, Tensor):
+            nan, inf = count_nonfinite(result)
+            if nan or inf:
+                raise NumericsError(
+                    STAGE,
+                    f"calibration batch {self.batch}: the output of node {n.name} holds "
+                    f"{nan} NaN and {inf} inf on finite inputs (the float model overflows "
+                    "there), so its quantization scale would be non-finite; drop that batch "
+                    "or keep the layer in float (the pass's skip option)",
+                )
             observer.update(result)
         return result
 
@@ -45,7 +65,8 @@ def observe(
     batches = list(batches)
     runner = _Observing(gm, observers)
     with torch.no_grad(), _progress(len(batches), progress) as advance:
-        for inputs in batches:
+        for index, inputs in enumerate(batches):
+            runner.batch = index
             runner.run(*inputs)
             advance()
     return len(batches)

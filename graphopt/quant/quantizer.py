@@ -11,6 +11,7 @@ are built from these.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ import torch
 from torch import Tensor
 from torch.fx import GraphModule
 
-from graphopt.quant.calibrate import observe
+from graphopt.errors import NumericsError
+from graphopt.quant.calibrate import STAGE, observe
 from graphopt.quant.observers import make_observer
 from graphopt.quant.placement import QuantLayer, find_sites
 from graphopt.quant.qparams import ActivationQParams, activation_qparams
@@ -66,7 +68,15 @@ def calibrate(
     for name, obs in observers.items():
         if obs.seen:
             lo, hi = obs.range(levels)
-            params[name] = activation_qparams(lo, hi, activations)
+            qp = activation_qparams(lo, hi, activations)
+            if not (math.isfinite(qp.scale) and qp.scale > 0):
+                raise NumericsError(
+                    STAGE,
+                    f"calibration gave node {name} the range [{lo}, {hi}] and scale "
+                    f"{qp.scale}; a scale must be finite and > 0 (is the calibration data "
+                    "finite and the float model's output there?)",
+                )
+            params[name] = qp
     return params
 
 

@@ -22,7 +22,9 @@ import torch
 import torch.ao.quantization.fx._decomposed  # registers the quantized_decomposed ops
 from torch.fx import GraphModule
 
+from graphopt.errors import NumericsError
 from graphopt.ir import drop_unused_attribute, fresh_attribute_name, get_tensor, set_tensor
+from graphopt.quant.calibrate import STAGE
 from graphopt.quant.placement import QuantLayer, Sites
 from graphopt.quant.qparams import WEIGHT_QMAX, ActivationQParams, quantize_weight
 
@@ -49,6 +51,12 @@ def quantize_weights(gm: GraphModule, layers: Sequence[QuantLayer]) -> int:
         weight = get_tensor(gm, weight_node)
         if weight is None:
             continue
+        if not bool(torch.isfinite(weight).all()):
+            raise NumericsError(
+                STAGE,
+                f"the weight {layer.weight} of node {layer.node} holds NaN or inf, so its "
+                "int8 scales would be non-finite; the stage before produced it",
+            )
         q, scales, zero_points = quantize_weight(weight, axis=0)
         names = {}
         for suffix, value in (("int8", q), ("scale", scales), ("zero_point", zero_points)):

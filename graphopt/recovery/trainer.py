@@ -44,6 +44,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from torch import Tensor, nn
 
 from graphopt.checks import is_int, is_number
+from graphopt.data import check_finite, count_nonfinite
+from graphopt.errors import RecipeError
 from graphopt.metrics import inference_flags
 from graphopt.recovery.batchnorm import BatchNormSwitch
 from graphopt.recovery.features import FeatureTap, first_tensor, make_tap, probe
@@ -55,6 +57,7 @@ OPTIMIZERS = ("adam", "sgd")
 BN_MODES = ("train", "frozen")
 MODES = ("max", "min")
 Evaluate = Callable[[nn.Module], float | Mapping[str, float]]
+_IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: such labels are skipped
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,9 @@ class _Run:
         self.total = config.steps or max(1, math.ceil((config.epochs or 1.0) * self.per_epoch))
         self.eval_every = config.eval_every or self.per_epoch
         self.refused: dict[str, str] = {}
+        _check_inputs(first[0], 0)
         self.student_tap, self.teacher_tap = self._taps(first[0])
+        _check_labels(first[1], self.classes, 0)
 
     def run(self) -> DistillHistory:
         start = time.perf_counter()
@@ -258,7 +263,11 @@ class _Run:
         with _progress_bar(self.progress, self.total) as advance:
             for step in range(1, self.total + 1):
                 self.batchnorm.use_batch_stats(True)
-                loss = self._loss(*_split_batch(next(data))).total
+                index, batch = next(data)
+                inputs, labels = _split_batch(batch)
+                _check_inputs(inputs, index)
+                _check_labels(labels, self.classes, index)
+                loss = self._loss(inputs, labels).total
                 if not torch.isfinite(loss):
                     stopped = f"loss became {loss.item()} at step {step}; lower lr"
                     step -= 1
@@ -320,6 +329,7 @@ class _Run:
         refused.update({k: f"teacher: {v}" for k, v in t_refused.items()})
         refused.update({k: f"student: {v}" for k, v in s_refused.items()})
         s_logits, t_logits = first_tensor(s_out), first_tensor(t_out)
+        self.classes = int(s_logits.shape[-1]) if s_logits.dim() else 1
         if s_logits.shape != t_logits.shape:
             raise ValueError(
                 f"student and teacher outputs differ in shape: {tuple(s_logits.shape)} and "
@@ -445,11 +455,55 @@ def _split_batch(batch: object) -> tuple[tuple[Tensor, ...], Tensor | None]:
     return tuple(inputs), labels
 
 
-def _cycle(train: Iterable, skip_first: bool) -> Iterator[object]:
+def _cycle(train: Iterable, skip_first: bool) -> Iterator[tuple[int, object]]:
+    """``(index in the pass over train, batch)`` forever (the index names a bad batch)."""
     while True:
         for i, batch in enumerate(train):
             if not (skip_first and i == 0):
-                yield batch
+                yield i, batch
+
+
+def _check_inputs(inputs: tuple[Tensor, ...], index: int) -> None:
+    """``ValueError`` "train batch 3 holds NaN (...)": the loss would become NaN and the run
+    stop with advice to lower the learning rate, which is not the cause."""
+    try:
+        check_finite(inputs, f"train batch {index}")
+    except RecipeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _check_labels(labels: Tensor | None, classes: int, index: int) -> None:
+    """Class-index labels must lie in ``[0, classes)`` (or be -100, cross-entropy's ignored
+    index); probability labels (float, the logits' shape) must be finite.
+
+    Checked before the loss, one ``aminmax`` per batch: out of range, cross-entropy fails
+    with a device-side assert on GPU or an ``IndexError`` from deep in torch on CPU, naming
+    neither the batch nor the number of classes.
+    """
+    if labels is None or not labels.numel():
+        return
+    label = f"train batch {index}"
+    if labels.is_complex():
+        raise ValueError(
+            f"{label}: labels of dtype {labels.dtype} are neither class indices (integers) "
+            "nor class probabilities (float, shaped like the logits)"
+        )
+    if labels.is_floating_point():
+        nan, inf = count_nonfinite(labels)
+        if nan or inf:
+            raise ValueError(f"{label}: the labels hold {nan} NaN and {inf} inf")
+        if labels.dim() >= 2 and labels.shape[-1] == classes:
+            return  # class probabilities
+    valid = labels[labels != _IGNORE_INDEX]
+    if not valid.numel():
+        return
+    lo, hi = (v.item() for v in torch.aminmax(valid.double()))
+    if lo < 0 or hi >= classes:
+        bad = hi if hi >= classes else lo
+        raise ValueError(
+            f"{label}: label {bad:g} is out of range for the model's {classes} classes "
+            f"(labels must be class indices in [0, {classes - 1}])"
+        )
 
 
 def _metric_value(value: object, metric: str | None) -> float:
