@@ -8,6 +8,10 @@ spinner draws only on a terminal) while TVM's C++ warnings (``Unknown schedule r
   lasts longer than a second (sub-second steps would only be noise, and a bad input that fails
   at once stays a single error line) plus a heartbeat line every few seconds while a step runs
   (``GRAPHOPT_PROGRESS_SECONDS``, default 10);
+- :func:`counted` is the one helper for counted loops (calibration batches, training steps,
+  tuning trials): inside a run it shows ``what done/total`` through the run's ``Progress``
+  (spinner text on a terminal, the heartbeat line in a log); outside one, a rich bar on a
+  terminal and nothing otherwise;
 - :func:`library_noise_to` points file descriptor 2 at a log file for the duration of a run, so
   whatever torch, TVM or ONNX Runtime print from C++ or Python lands in the output folder's
   ``graphopt.log``; graphopt's own messages go to the real stderr it hands back.
@@ -19,12 +23,15 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar, Token
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["Progress", "library_noise_to"]
+__all__ = ["Progress", "counted", "library_noise_to"]
+
+_ACTIVE: ContextVar[Progress | None] = ContextVar("graphopt_progress", default=None)
 
 
 def _heartbeat_seconds() -> float:
@@ -55,9 +62,12 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = None
+        self._detail = ""
+        self._token: Token | None = None
         self._interactive = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def __enter__(self) -> Progress:
+        self._token = _ACTIVE.set(self)
         if self._interactive:
             from rich.console import Console
 
@@ -71,6 +81,8 @@ class Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1)
@@ -82,10 +94,20 @@ class Progress:
             if message == self._message:
                 return
             self._message, self._since = message, time.monotonic()
+            self._detail = ""
             self._announced = False
             self._beaten = self._since
         if self._status is not None:
             self._status.update(message)
+
+    def detail(self, text: str) -> None:
+        """A sub-step count (``12/64``) that does not start a new step: the spinner shows it,
+        the next heartbeat line carries it."""
+        with self._lock:
+            self._detail = text
+            message = self._message
+        if self._status is not None:
+            self._status.update(f"{message} {text}".strip())
 
     def _line(self, text: str) -> None:
         elapsed = time.monotonic() - self._start
@@ -102,6 +124,8 @@ class Progress:
             now = time.monotonic()
             with self._lock:
                 message, since = self._message, self._since
+                if self._detail:
+                    message = f"{message}: {self._detail}"
                 if not message:
                     continue
                 if not self._announced and now - since >= self.announce_after_s:
@@ -111,6 +135,33 @@ class Progress:
                 else:
                     continue
             self._line(text)
+
+
+@contextmanager
+def counted(what: str, total: int, *, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """``advance(note="")`` once per item of a loop of ``total`` items (see the module doc)."""
+    active = _ACTIVE.get()
+    if not enabled:
+        yield lambda note="": None
+    elif active is not None:
+        done = 0
+
+        def advance(note: str = "") -> None:
+            nonlocal done
+            done += 1
+            active.detail(f"{what} {done}/{total}" + (f" {note}" if note else ""))
+
+        yield advance
+    elif sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+
+        columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "{task.description}")
+        with Bar(what, *columns, transient=True) as bar:
+            task = bar.add_task("", total=total)
+            yield lambda note="": bar.update(task, advance=1, description=note)
+    else:
+        yield lambda note="": None
 
 
 @contextmanager

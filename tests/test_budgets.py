@@ -168,3 +168,16 @@ def test_library_noise_goes_to_the_log_and_graphopt_lines_to_stderr(
     err = capfd.readouterr().err
     assert "graphopt line" in err and "pool_max" not in err
     assert "pool_max" in log.read_text()
+
+
+def test_counted_loops_report_through_the_runs_progress() -> None:
+    from graphopt.progress import counted
+
+    stream = io.StringIO()
+    with Progress(stream, heartbeat_s=0.3, announce_after_s=0.1) as say:
+        say("running 1 pass(es)")
+        with counted("calibrating", 3) as advance:
+            advance()
+            advance()
+            time.sleep(0.9)
+    assert any("calibrating 2/3" in line for line in stream.getvalue().splitlines())

@@ -14,9 +14,7 @@ site whose value is non-finite on finite inputs (the float model overflows) is a
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -24,6 +22,7 @@ from torch.fx import GraphModule, Interpreter, Node
 
 from graphopt.data import count_nonfinite
 from graphopt.errors import NumericsError
+from graphopt.progress import counted
 from graphopt.quant.observers import Observer
 
 __all__ = ["STAGE", "observe", "take_samples"]
@@ -64,7 +63,7 @@ def observe(
     """Run every batch through ``gm``; returns the number of batches seen."""
     batches = list(batches)
     runner = _Observing(gm, observers)
-    with torch.no_grad(), _progress(len(batches), progress) as advance:
+    with torch.no_grad(), counted("calibrating", len(batches), enabled=progress) as advance:
         for index, inputs in enumerate(batches):
             runner.batch = index
             runner.run(*inputs)
@@ -86,16 +85,3 @@ def take_samples(
             size = left
         left -= size
         yield inputs
-
-
-@contextlib.contextmanager
-def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
-    """A rich progress bar on a terminal, nothing otherwise; yields an ``advance()``."""
-    if not (enabled and sys.stderr.isatty()):
-        yield lambda: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("calibrating", total=total)
-        yield lambda: bar.advance(task)

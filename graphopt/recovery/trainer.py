@@ -33,20 +33,18 @@ import importlib.util
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from torch import Tensor, nn
 
 from graphopt.checks import is_int, is_number
 from graphopt.data import check_finite, count_nonfinite
 from graphopt.errors import RecipeError
 from graphopt.metrics import inference_flags
+from graphopt.progress import counted
 from graphopt.recovery.batchnorm import BatchNormSwitch
 from graphopt.recovery.features import FeatureTap, first_tensor, make_tap, probe
 from graphopt.recovery.losses import LossParts, distillation_loss
@@ -260,7 +258,7 @@ class _Run:
         optimizer, schedule = self._optimizer()
         records, losses, stopped, step = [], [], None, 0
         data = _cycle(self.train, self.skip_first)
-        with _progress_bar(self.progress, self.total) as advance:
+        with counted("recover", self.total, enabled=self.progress) as advance:
             for step in range(1, self.total + 1):
                 self.batchnorm.use_batch_stats(True)
                 index, batch = next(data)
@@ -277,7 +275,7 @@ class _Run:
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
-                advance(losses[-1])
+                advance(f"loss {losses[-1]:.4f}")
                 if step % self.eval_every == 0 or step == self.total:
                     score = self._score()
                     lr = optimizer.param_groups[0]["lr"]
@@ -550,16 +548,3 @@ def _trainable(model: nn.Module) -> Callable[[], None]:
             p.requires_grad_(flag)
 
     return restore
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[float], None]]:
-    """A rich progress bar on a terminal (stderr); a no-op otherwise."""
-    console = Console(stderr=True)
-    if not (enabled and console.is_terminal):
-        yield lambda loss: None
-        return
-    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "{task.description}")
-    with Progress("recover", *columns, console=console, transient=True) as bar:
-        task = bar.add_task("", total=total)
-        yield lambda loss: bar.update(task, advance=1, description=f"loss {loss:.4f}")
