@@ -21,8 +21,17 @@ only ever make a graph smaller, never break it.
 
 Where a rewrite will be needed, a rule leaves a ``Record``: the node, its role (``out`` rows
 and ``in`` columns of a weight, a ``norm`` layer's per-channel tensors, a ``shape`` constant
-of a view, ``split`` sizes, a grouped conv's ``groups``, attention ``heads``) and the atom at
-each position. Groups (``graphopt.pruning.groups``) turn classes and records into data.
+of a view, ``split`` sizes, a grouped conv's ``groups``, attention ``heads``, a channel-wise
+op's parameter) and the atom at each position. Groups (``graphopt.pruning.groups``) turn
+classes and records into data.
+
+Tied parameters. A rule that slices a parameter *claims* it: which of its dims it cuts, and
+the atom at each position there. A parameter read by one node is simply owned. A parameter
+read by several nodes (a token embedding tied to the LM head, a block applied twice) is
+resolved once the walk is over: along a dim that every user claims, their atoms are coupled
+position by position, so all uses lose the same rows or columns and keep sharing one sliced
+tensor; a dim that some user claims and another keeps whole, or a user that is not a rule
+that slices (an unknown op, the graph output), freezes the claimed channels.
 
 The dependency graph proper is a ``networkx.Graph`` over spaces: an edge joins two spaces when
 an op coupled their atoms (edge attribute ``via``: the coupling ops). Its connected
@@ -31,7 +40,8 @@ components are the pruning groups.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -40,7 +50,19 @@ from torch.fx import GraphModule, Node
 
 from graphopt.ir import module_path
 
-__all__ = ["ChannelGraph", "Layout", "Record", "Space", "build_channel_graph"]
+__all__ = [
+    "NO_DIM",
+    "ChannelGraph",
+    "Claim",
+    "Layout",
+    "Record",
+    "Space",
+    "build_channel_graph",
+    "layer_parameters",
+]
+
+NO_DIM = -1
+"""In a record's ``detail``: this tensor has no dim to cut (no bias, a per-group weight dim)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,15 @@ class Record:
     detail: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A rule slices parameter ``target`` at ``node``: ``dims`` maps a dim to its atoms."""
+
+    node: str
+    target: str
+    dims: tuple[tuple[int, tuple[int, ...]], ...]
+
+
 @dataclass
 class ChannelGraph:
     """Atoms (union-find with frozen reasons), spaces, layouts and records of one graph."""
@@ -93,6 +124,8 @@ class ChannelGraph:
     records: list[Record] = field(default_factory=list)
     ignored_matches: set[str] = field(default_factory=set)
     attr_uses: dict[str, int] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+    claims: list[Claim] = field(default_factory=list)
     _parent: list[int] = field(default_factory=list)
     _space_of: list[int] = field(default_factory=list)
     _reasons: dict[int, list[str]] = field(default_factory=dict)
@@ -194,20 +227,64 @@ class ChannelGraph:
         self.records.append(Record(node.name, role, tuple(atoms), tuple(detail)))
 
     # ---- parameters -----------------------------------------------------------------------
-    def owned_parameters(self, node: Node, attrs: Sequence[object]) -> str | None:
-        """None when every non-None ``attrs`` is a tensor attribute read only by ``node``.
+    def claim(
+        self, node: Node, claims: Sequence[tuple[object, Mapping[int, Sequence[int] | None]]]
+    ) -> str | None:
+        """Claim parameters to slice: ``(attr, {dim: atoms along it})`` per parameter.
 
-        Otherwise the reason why slicing them would be unsafe (a computed weight, or one
-        shared with another layer: slicing it for one user would break the other).
+        A dim whose atoms are None is kept whole. Returns the reason slicing is unsafe (a
+        weight that is computed, not a parameter), else None. A parameter read only by
+        ``node`` is its own; one that other nodes read too (tied) is checked against their
+        claims at the end of the walk (``resolve_ties``) instead of being frozen outright.
         """
-        for attr in attrs:
-            if attr is None:
-                continue
-            if not isinstance(attr, Node) or attr.op != "get_attr":
+        for attr, _ in claims:
+            if attr is not None and (not isinstance(attr, Node) or attr.op != "get_attr"):
                 return f"{node.name} takes a weight that is not a parameter"
-            if len(attr.users) != 1 or self.attr_uses.get(str(attr.target), 0) > 1:
-                return f"{node.name} shares its weight {attr.target} with another op"
+        for attr, dims in claims:
+            if attr is not None and self._shared(attr):
+                kept = tuple((d, tuple(a)) for d, a in sorted(dims.items()) if a is not None)
+                self.claims.append(Claim(node.name, self.param_key(attr), kept))
         return None
+
+    def resolve_ties(self) -> None:
+        """Couple the atoms that the users of each shared parameter claim on the same dim."""
+        by_target: dict[str, list[Claim]] = {}
+        for c in self.claims:
+            by_target.setdefault(c.target, []).append(c)
+        users: dict[str, set[str]] = {}
+        for n in self.gm.graph.nodes:
+            if n.op == "get_attr" and self.param_key(n) in by_target:
+                users.setdefault(self.param_key(n), set()).update(u.name for u in n.users)
+        for target, claims in by_target.items():
+            self._resolve_tie(target, claims, users.get(target, set()))
+
+    def _resolve_tie(self, target: str, claims: list[Claim], users: set[str]) -> None:
+        """Couple one shared parameter's claims dim by dim, or freeze what cannot be tied."""
+        unclaimed = sorted(users - {c.node for c in claims})
+        per_claim = [dict(c.dims) for c in claims]
+        for d in sorted({d for dims in per_claim for d in dims}):
+            having = [dims[d] for dims in per_claim if d in dims]
+            keeping = [c.node for c, dims in zip(claims, per_claim, strict=True) if d not in dims]
+            if unclaimed:
+                reason = f"{target} is shared with {unclaimed[0]}, which pruning does not slice"
+            elif keeping:
+                reason = f"{target} is shared with {keeping[0]}, which keeps its dim {d} whole"
+            elif len({len(atoms) for atoms in having}) != 1:
+                reason = f"{target} is shared by uses of different sizes along dim {d}"
+            else:
+                for atoms in having[1:]:
+                    for x, y in zip(having[0], atoms, strict=True):
+                        self.union(x, y, via=f"tied {target}")
+                continue
+            for atoms in having:
+                self.freeze(atoms, reason)
+
+    def param_key(self, attr: Node) -> str:
+        """One name per tensor: a parameter registered under two names (tied) is one key."""
+        return self.aliases.get(str(attr.target), str(attr.target))
+
+    def _shared(self, attr: Node) -> bool:
+        return len(attr.users) != 1 or self.attr_uses.get(self.param_key(attr), 0) > 1
 
 
 # ---- node helpers shared by the op rules ------------------------------------------------
@@ -221,6 +298,32 @@ def val(node: object) -> object:
 def arg(node: Node, index: int, name: str, default: object = None) -> object:
     """An argument given either positionally (at ``index``) or by keyword (``name``)."""
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+def layer_parameters(node: Node) -> tuple[Node | None, Node | None]:
+    """(weight, bias) of a layer node, as the rules of ``layer_rules`` read them.
+
+    Conv, transposed conv, linear: ``args[1]``, ``args[2]``; embedding: its table; the matmul
+    family (``mm``, ``matmul``, ``bmm``, ``addmm``, ``einsum``): the one ``get_attr`` operand,
+    and ``addmm``'s ``args[0]`` as the bias.
+    """
+    name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
+    if name == "embedding":
+        return node.args[0], None
+    if name in _MATMULS:
+        operands = _MATMULS[name](node)
+        params = [a for a in operands if isinstance(a, Node) and a.op == "get_attr"]
+        return (params[0] if params else None), (node.args[0] if name == "addmm" else None)
+    return node.args[1], arg(node, 2, "bias")
+
+
+_MATMULS = {  # the matrix operands of each matmul-family op
+    "mm": lambda n: n.args[:2],
+    "matmul": lambda n: n.args[:2],
+    "bmm": lambda n: n.args[:2],
+    "addmm": lambda n: n.args[1:3],
+    "einsum": lambda n: n.args[1],
+}
 
 
 def norm_dim(d: int, rank: int) -> int:
@@ -271,22 +374,36 @@ def build_channel_graph(gm: GraphModule, *, ignore: Sequence[str] = ()) -> Chann
     """
     from graphopt.pruning.rules import apply_rule
 
-    cg = ChannelGraph(gm=gm, ignore=tuple(ignore))
+    cg = ChannelGraph(gm=gm, ignore=tuple(ignore), aliases=_tensor_aliases(gm))
     for n in gm.graph.nodes:
         if n.op == "get_attr":
-            cg.attr_uses[str(n.target)] = cg.attr_uses.get(str(n.target), 0) + len(n.users)
+            key = cg.param_key(n)
+            cg.attr_uses[key] = cg.attr_uses.get(key, 0) + len(n.users)
     for node in gm.graph.nodes:
-        n_records, n_spaces = len(cg.records), len(cg.spaces)
+        n_records, n_spaces, n_claims = len(cg.records), len(cg.spaces), len(cg.claims)
         try:
             apply_rule(cg, node)
         except Exception as exc:  # an unexpected op form: freeze, never guess
             reason = f"{op_name(node)} at {node.name} could not be analysed ({exc})"
             cg.records[n_records:] = [r for r in cg.records[n_records:] if r.node != node.name]
+            for claim in cg.claims[n_claims:]:
+                cg.freeze((a for _, atoms in claim.dims for a in atoms), reason)
+            del cg.claims[n_claims:]
             for space in cg.spaces[n_spaces:]:
                 cg.freeze(range(space.start, space.start + space.size), reason)
             cg.freeze_inputs(node, reason)
             cg.layouts[node] = None
+    cg.resolve_ties()
     return cg
+
+
+def _tensor_aliases(gm: GraphModule) -> dict[str, str]:
+    """Attribute name → the first name of the same tensor (tied weights have two names)."""
+    first: dict[int, str] = {}
+    named = itertools.chain(
+        gm.named_parameters(remove_duplicate=False), gm.named_buffers(remove_duplicate=False)
+    )
+    return {name: first.setdefault(id(t), name) for name, t in named}
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -3,7 +3,8 @@
 Per member (one layer's share of a group) a unit's score is
 
     l1        Σ |w|   over the weight slices the unit owns (conv/linear rows of ``out``,
-              columns of ``in``, the norm layer's γ)
+              columns of ``in``, the transposed/``x @ W`` layouts as their records say, a
+              grouped transposed conv's input rows, the norm layer's γ)
     l2        sqrt(Σ w²) over the same slices
     bn_scale  Σ |γ| of the group's BatchNorms (network slimming); a group without a
               BatchNorm falls back to l2 (listed in ``fallbacks``, like a group whose
@@ -28,13 +29,14 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.ir import get_tensor
+from graphopt.pruning.dependency import NO_DIM, layer_parameters
 from graphopt.pruning.groups import Member, PruningGroup
 
 __all__ = ["AGGREGATES", "METHODS", "compute_importance", "member_scores"]
 
 METHODS = ("l1", "l2", "bn_scale", "taylor", "random")
 AGGREGATES = ("sum", "mean", "max")
-_WEIGHT_ROLES = ("out", "in", "norm")
+_WEIGHT_ROLES = ("out", "in", "norm", "groups")
 _BN = ("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
 
 
@@ -131,21 +133,27 @@ def _aggregate(rows: list[torch.Tensor], num_units: int, how: str) -> torch.Tens
 
 
 def _weight(gm: GraphModule, node: Node, member: Member) -> tuple | None:
-    """(tensor, dim, attribute name) of the weight slice a member's positions index."""
+    """(tensor, dim, attribute name) of the weight slice a member's positions index.
+
+    ``out`` and ``in`` members carry their weight dim in ``detail`` (see
+    ``graphopt.pruning.layer_rules``): conv rows, transposed-conv or ``x @ W`` columns, …
+    A grouped transposed conv's outputs index a per-group dim (no score there); its
+    ``groups`` member indexes the weight rows of each group's inputs instead.
+    """
     if member.role not in _WEIGHT_ROLES:
         return None
     packet = getattr(node.target, "overloadpacket", None)
     name = getattr(packet, "__name__", "")
-    if member.role == "out" and name == "embedding":
-        attr, dim = node.args[0], 1
-    elif member.role in ("out", "in"):
-        attr, dim = node.args[1], 0 if member.role == "out" else 1
+    if member.role in ("out", "in"):
+        attr, dim = layer_parameters(node)[0], member.detail[0] if member.detail else NO_DIM
+    elif member.role == "groups":
+        attr, dim = node.args[1], member.detail[1] if len(member.detail) > 1 else NO_DIM
     elif name in ("layer_norm", "group_norm"):
         attr, dim = node.args[2] if len(node.args) > 2 else None, 0
     else:
         attr, dim = node.args[1], 0
     tensor = get_tensor(gm, attr)
-    return None if tensor is None else (tensor, dim, str(attr.target))
+    return None if tensor is None or dim == NO_DIM else (tensor, dim, str(attr.target))
 
 
 def _is_bn(node: Node) -> bool:

@@ -6,24 +6,48 @@ layout of its output, couples or freezes atoms, and records what a rewrite must 
 ==========================  ===============================================================
 op                          rule
 ==========================  ===============================================================
-conv1d/2d/3d, convolution   output channels are a new source (``out``); a dense conv's input
-                            channels are its weight's columns (``in``); a grouped/depthwise
+conv1d/2d/3d, convolution,  output channels are a new source (``out``); a dense conv's input
+conv_transpose1d/2d/3d      channels are its weight's input dim (``in``); a grouped/depthwise
                             conv couples group ``g``'s input and output channels, so whole
-                            groups go and ``groups`` shrinks (``groups``). Transposed: unknown
+                            groups go and ``groups`` shrinks (``groups``). Transposed: weight
+                            ``[in, out/groups, k…]``, the same couplings with dims 0 and 1
+                            swapped; strides, ``output_padding`` kept
 linear                      new source on the last dim (``out``); input features (``in``)
+mm, addmm, matmul, bmm,     with one parameter operand (GPT-2's Conv1D: ``addmm(b, x, W)``):
+einsum                      a linear layer, ``x @ W[in, out]`` or ``W[out, in] @ x``, einsum
+                            by its letters (one contracted, one new); addmm's bias sliced.
+                            Between two activations (q @ kᵀ): unknown
 embedding                   new source: the embedding dimension (``out``)
-batch_norm, layer_norm,     follow their channels (``norm``); group_norm couples each group
-group_norm                  (whole groups go, ``num_groups`` shrinks); a LayerNorm over
-                            several dims that include the channels freezes them
+tied parameters             one tensor read by several layers (embedding = LM head, a block
+                            applied twice): their channels on each shared dim are coupled,
+                            the tensor is cut once and stays shared; a dim one user keeps
+                            whole, or a user without a rule, freezes them
+batch_norm, instance_norm,  follow their channels (``norm``: weight, bias, running stats);
+layer_norm, group_norm      group_norm couples each group (whole groups go, ``num_groups``
+                            shrinks); a LayerNorm over several dims that include the
+                            channels, or an InstanceNorm's input statistics over them,
+                            freezes them
+prelu                       one slope per channel sliced (``channelwise``); one slope passes
 elementwise (relu(_),       pass channels through; operands broadcast from the right; two
 hardtanh(_), gelu, silu,    operands with channels on the same dim are coupled position by
-dropout, add, mul, …)       position (residual add, squeeze-excite mul); an operand without
-                            channels but full-size on that dim freezes them
-pools, upsampling, padding  pass channels if the channel dim is not a spatial dim
+dropout, add, mul, …)       position (residual add, squeeze-excite mul); a parameter with one
+                            value per channel is sliced (``channelwise``: ``x @ w + b``);
+                            another operand without channels but full-size there freezes them
+pools, upsample_* (nearest, pass channels if the channel dim is not a spatial dim
+(bi)linear, bicubic,
+nearest-exact, _aa)
+pad, constant_pad_nd,       spatial dims: pass channels; a constant pad of the channel dim
+reflection/replication_pad  adds fixed (frozen) channels around them; reflect/replicate/
+                            circular or negative (crop) padding of the channel dim freezes
+pixel_shuffle,              shuffle: output channel c couples input block c·r²…c·r²+r²−1 (a
+pixel_unshuffle             block goes as a whole); unshuffle repeats a channel's atom r² times
 mean/sum/amax/amin          pass channels unless reduced over; softmax: unless along them
-view/reshape/flatten/       follow positions through the reshape; a merge with spatial dims
-unflatten/(un)squeeze       repeats a channel's atom (flatten → linear); a split into blocks
-                            couples each block (heads); size constants recorded (``shape``)
+view/reshape/flatten/       follow positions through the reshape (matched from the left, else
+unflatten/(un)squeeze       the right: ``view(-1, C)`` merges a batch dim); a merge with
+                            spatial dims repeats a channel's atom (flatten → linear); a split
+                            into blocks couples each block (heads); a channel shuffle
+                            (split, swap, merge) keeps the finer of its two couplings; size
+                            constants recorded (``shape``)
 permute/transpose/t,        move the channel dim; select/slice along it freeze it (a full
 select, slice               slice passes)
 cat                         along the channel dim: concatenates atoms (graph inputs and other
@@ -32,6 +56,7 @@ split/chunk/unbind          along the channel dim: slices atoms, sizes recorded 
                             the first channel of every chunk is frozen so no chunk empties
 scaled_dot_product_attn.    q, k, v heads (dim −3) coupled head by head (``heads``); channels
                             on the head dim (−1) or a per-head mask freeze them
+_assert_tensor_metadata     a dtype/device check passes; one that pins sizes freezes
 anything else               freezes every channel that touches it
 ==========================  ===============================================================
 """
@@ -64,8 +89,11 @@ from graphopt.pruning.layer_rules import (
     conv_rule,
     embedding_rule,
     group_norm_rule,
+    instance_norm_rule,
     layer_norm_rule,
     linear_rule,
+    matmul_rule,
+    prelu_rule,
 )
 
 __all__ = ["apply_rule", "supported_ops"]
@@ -105,6 +133,12 @@ def _getitem(cg: ChannelGraph, node: Node) -> None:
 
 
 def _elementwise(cg: ChannelGraph, node: Node) -> None:
+    """Channels pass through; operands on the same dim are coupled (see the table).
+
+    A parameter operand with one value per channel (a bias added by hand, a layer scale) is
+    sliced with them (``channelwise``); any other full-size operand without channels fixes
+    their count.
+    """
     out = val(node)
     if not isinstance(out, torch.Tensor):
         return unknown(cg, node)
@@ -122,6 +156,7 @@ def _elementwise(cg: ChannelGraph, node: Node) -> None:
     size = static(out.shape[d])
     coupled: list[Layout] = []
     fixed: list[Node] = []
+    params: list[tuple[Node, int]] = []
     for a in tensors:
         value, lay = val(a), cg.layout(a)
         ad = d - (rank - value.dim())
@@ -130,30 +165,104 @@ def _elementwise(cg: ChannelGraph, node: Node) -> None:
             coupled.append(lay)
         elif lay is not None:
             cg.freeze(lay.atoms, why(node, "broadcasts a channel tensor"))
+        elif full and size != 1 and a.op == "get_attr" and a in node.args:
+            params.append((a, ad))
         elif full and size != 1:
             fixed.append(a)
+    if len(params) > 1:  # one channelwise record per node
+        fixed.extend(a for a, _ in params)
     if fixed or not coupled:
         for lay in coupled:
             cg.freeze(lay.atoms, why(node, f"combines them with {fixed[0].name}, fixed size"))
         return set_layout(cg, node, None)
     for other in coupled[1:]:
         cg.couple(coupled[0], other, via=node.name)
+    for a, ad in params:
+        reason = cg.claim(node, [(a, {ad: coupled[0].atoms})])
+        if reason is None:
+            cg.record(node, "channelwise", coupled[0].atoms, detail=(node.args.index(a), ad))
+        else:
+            cg.freeze(coupled[0].atoms, reason)
     set_layout(cg, node, coupled[0])
 
 
-def _spatial(count: int | None) -> Rule:
-    """Pools, upsampling and padding act on the last ``count`` dims only."""
+def _spatial(count: int) -> Rule:
+    """Pools and upsampling act on the last ``count`` dims only."""
 
     def rule(cg: ChannelGraph, node: Node) -> None:
         lay = cg.layout(node.args[0])
         if lay is None:
             return set_layout(cg, node, None)
-        k = count if count is not None else len(node.args[1]) // 2  # constant_pad_nd
-        if lay.dim >= val(node.args[0]).dim() - k:
+        if lay.dim >= val(node.args[0]).dim() - count:
             return freeze_and_clear(cg, node, lay, "acts on the channel dim")
         set_layout(cg, node, lay)
 
     return rule
+
+
+def _pad_mode(node: Node) -> str:
+    name = node.target.overloadpacket.__name__
+    if name == "pad":
+        return arg(node, 2, "mode", "constant")
+    return {"constant_pad_nd": "constant"}.get(name, name.split("_")[0])  # reflection_pad2d
+
+
+def _pad(cg: ChannelGraph, node: Node) -> None:
+    """Padding (``pad``, ``constant_pad_nd``, reflection/replication) pairs from the last dim.
+
+    Padding only other dims passes the channels. A constant pad of the channel dim adds fixed
+    channels around them (new frozen atoms, like ``cat`` with a constant): the pad amounts
+    stay right whatever is pruned in between. Reflect, replicate or circular padding of the
+    channel dim copies channels, and a negative pad crops them: both freeze.
+    """
+    src, pads = node.args[0], list(node.args[1])
+    lay = cg.layout(src)
+    if lay is None:
+        return set_layout(cg, node, None)
+    i = val(src).dim() - 1 - lay.dim  # the pair of the channel dim, counted from the last
+    before, after = (pads[2 * i], pads[2 * i + 1]) if 2 * i + 1 < len(pads) else (0, 0)
+    if (before, after) == (0, 0):
+        return set_layout(cg, node, lay)
+    if _pad_mode(node) != "constant":
+        return freeze_and_clear(cg, node, lay, "pads them with copies of channels")
+    if static(before) is None or static(after) is None or before < 0 or after < 0:
+        return freeze_and_clear(cg, node, lay, "crops them or pads them by a computed amount")
+    reason = why(node, "pads them with constant channels, which cannot change")
+    left = cg.new_space(node, before, source=False, reason=reason) if before else ()
+    right = cg.new_space(node, after, source=False, reason=reason) if after else ()
+    set_layout(cg, node, Layout(lay.dim, left + lay.atoms + right))
+
+
+def _pixel_shuffle(cg: ChannelGraph, node: Node) -> None:
+    """``(C·r², H, W) → (C, H·r, W·r)``: output channel ``c`` is input block ``c·r² … +r²``.
+
+    pixel_shuffle couples each block (it goes as a whole with its output channel);
+    pixel_unshuffle repeats each input channel's atom over its r² outputs (as ``flatten``
+    does). Nothing to rewrite: both read the channel count from their input.
+    """
+    src, r = node.args[0], node.args[1]
+    lay = cg.layout(src)
+    if lay is None:
+        return set_layout(cg, node, None)
+    cdim = val(src).dim() - 3
+    if lay.dim > cdim:
+        return freeze_and_clear(cg, node, lay, "moves pixels across them")
+    if lay.dim < cdim:
+        return set_layout(cg, node, lay)
+    block = r * r
+    if node.target.overloadpacket is aten.pixel_unshuffle:
+        return set_layout(cg, node, Layout(cdim, tuple(a for a in lay.atoms for _ in range(block))))
+    for start in range(0, len(lay), block):
+        cg.union_all(lay.atoms[start : start + block], via=f"{node.name} (r²={block} block)")
+    set_layout(cg, node, Layout(cdim, lay.atoms[::block]))
+
+
+def _assert_metadata(cg: ChannelGraph, node: Node) -> None:
+    """A dtype/device check passes every channel; one that pins sizes freezes them."""
+    lay = cg.layout(node.args[0])
+    if lay is not None and (arg(node, 1, "size") is not None or arg(node, 2, "stride") is not None):
+        cg.freeze(lay.atoms, why(node, "asserts the tensor's sizes"))
+    cg.layouts[node] = None
 
 
 def _reduction(cg: ChannelGraph, node: Node) -> None:
@@ -186,7 +295,22 @@ def _softmax(cg: ChannelGraph, node: Node) -> None:
 
 
 def _reshape_group(ins: tuple, outs: tuple, d: int) -> tuple[list[int], list[int]] | None:
-    """The runs of input and output dims with equal products that contain input dim ``d``."""
+    """The runs of input and output dims with equal products that contain input dim ``d``.
+
+    Matched from the first dim, else from the last: a symbolic batch dim merged with
+    others (GPT-2's ``x.view(-1, in)`` of a ``(batch, seq, in)`` tensor) cannot be matched
+    from the left, but the channels behind it can from the right.
+    """
+    group = _group_from_left(ins, outs, d)
+    if group is not None:
+        return group
+    group = _group_from_left(ins[::-1], outs[::-1], len(ins) - 1 - d)
+    if group is None:
+        return None
+    return sorted(len(ins) - 1 - i for i in group[0]), sorted(len(outs) - 1 - j for j in group[1])
+
+
+def _group_from_left(ins: tuple, outs: tuple, d: int) -> tuple[list[int], list[int]] | None:
     i = j = 0
     while i < len(ins) and j < len(outs):
         if static(ins[i]) == 1 and i != d:
@@ -242,7 +366,7 @@ def _reshape(cg: ChannelGraph, node: Node) -> None:
     varying = [k for k in range(arr.ndim) if (classes != np.take(classes, [0], axis=k)).any()]
     if not varying:
         return freeze_and_clear(cg, node, lay, "spreads one channel over the whole tensor")
-    k0 = varying[0]
+    k0 = _unit_axis(node, arr.shape, varying, dims_out)
     blocks = np.moveaxis(arr, k0, 0).reshape(arr.shape[k0], -1)
     if len(varying) > 1:  # channels split into blocks (e.g. heads): a block goes as a whole
         for block in blocks:
@@ -257,6 +381,36 @@ def _reshape(cg: ChannelGraph, node: Node) -> None:
         elif entry != -1:
             cg.freeze(lay.atoms, why(node, "sets the channel count from a computed size"))
     set_layout(cg, node, new)
+
+
+def _unit_axis(node: Node, shape: tuple, varying: list[int], dims_out: list[int]) -> int:
+    """Which axis of a channel split numbers the units (the others are coupled blocks).
+
+    The first (outer) one: for heads, unit = head. A channel shuffle (ShuffleNet: split into
+    ``(g, C/g)``, swap the two, merge) is exact either way, pruning whole groups or the same
+    channel of every group; the axis with more entries gives the finer units (ShuffleNetV2's
+    ``g = 2`` would otherwise leave two units of C/2 channels).
+    """
+    if len(varying) != 2:
+        return varying[0]
+    a, b = (dims_out[k] for k in varying)
+    users = list(node.users)
+    if len(users) == 1 and users[0].op == "call_function" and _swaps(users[0], a, b):
+        return max(varying, key=lambda k: (shape[k], -k))
+    return varying[0]
+
+
+def _swaps(node: Node, a: int, b: int) -> bool:
+    """True when ``node`` is a transpose/permute that exchanges dims ``a`` and ``b``."""
+    packet = getattr(node.target, "overloadpacket", None)
+    rank = val(node).dim() if isinstance(val(node), torch.Tensor) else 0
+    if packet is aten.transpose:
+        return {norm_dim(x, rank) for x in node.args[1:3]} == {a, b}
+    if packet is aten.permute:
+        order = [norm_dim(x, rank) for x in node.args[1]]
+        moved = [k for k, o in enumerate(order) if o != k]
+        return sorted(moved) == sorted((a, b)) and order[a] == b
+    return False
 
 
 def _size_constants(node: Node) -> tuple[list | None, int]:
@@ -369,19 +523,42 @@ _ELEMENTWISE = _packets(
     "clamp_ clamp_min clamp_max where masked_fill reciprocal square maximum minimum"
 )
 _SPATIAL = {
-    **{p: 1 for p in _packets("max_pool1d avg_pool1d adaptive_avg_pool1d adaptive_max_pool1d")},
-    **{p: 1 for p in _packets("upsample_nearest1d upsample_linear1d reflection_pad1d")},
-    **{p: 1 for p in _packets("replication_pad1d")},
-    **{p: 2 for p in _packets("max_pool2d avg_pool2d adaptive_avg_pool2d adaptive_max_pool2d")},
-    **{p: 2 for p in _packets("_adaptive_avg_pool2d max_pool2d_with_indices upsample_nearest2d")},
-    **{p: 2 for p in _packets("upsample_bilinear2d reflection_pad2d replication_pad2d")},
-    **{p: 3 for p in _packets("max_pool3d avg_pool3d adaptive_avg_pool3d upsample_nearest3d")},
-    **{p: None for p in _packets("constant_pad_nd")},
+    **dict.fromkeys(
+        _packets(
+            "max_pool1d max_pool1d_with_indices avg_pool1d adaptive_avg_pool1d "
+            "adaptive_max_pool1d upsample_nearest1d _upsample_nearest_exact1d upsample_linear1d"
+        ),
+        1,
+    ),
+    **dict.fromkeys(
+        _packets(
+            "max_pool2d max_pool2d_with_indices avg_pool2d adaptive_avg_pool2d "
+            "_adaptive_avg_pool2d adaptive_max_pool2d upsample_nearest2d "
+            "_upsample_nearest_exact2d upsample_bilinear2d _upsample_bilinear2d_aa "
+            "upsample_bicubic2d _upsample_bicubic2d_aa"
+        ),
+        2,
+    ),
+    **dict.fromkeys(
+        _packets(
+            "max_pool3d max_pool3d_with_indices avg_pool3d adaptive_avg_pool3d "
+            "adaptive_max_pool3d upsample_nearest3d _upsample_nearest_exact3d "
+            "upsample_trilinear3d"
+        ),
+        3,
+    ),
 }
+_PADS = _packets(
+    "pad constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d "
+    "replication_pad1d replication_pad2d replication_pad3d"
+)
 
 _RULES: dict[object, Rule] = {
     **dict.fromkeys(_ELEMENTWISE, _elementwise),
     **{p: _spatial(k) for p, k in _SPATIAL.items()},
+    **dict.fromkeys(_PADS, _pad),
+    **dict.fromkeys(_packets("pixel_shuffle pixel_unshuffle"), _pixel_shuffle),
+    **dict.fromkeys(_packets("_assert_tensor_metadata"), _assert_metadata),
     **dict.fromkeys(_packets("mean sum amax amin"), _reduction),
     **dict.fromkeys(_packets("softmax _softmax log_softmax _log_softmax"), _softmax),
     **dict.fromkeys(
@@ -392,13 +569,21 @@ _RULES: dict[object, Rule] = {
     aten.slice: _slice,
     aten.cat: _cat,
     **dict.fromkeys(_packets("split split_with_sizes chunk unbind"), _split),
-    **dict.fromkeys(_packets("conv1d conv2d conv3d convolution"), conv_rule),
+    **dict.fromkeys(
+        _packets(
+            "conv1d conv2d conv3d convolution conv_transpose1d conv_transpose2d conv_transpose3d"
+        ),
+        conv_rule,
+    ),
     aten.linear: linear_rule,
+    **dict.fromkeys(_packets("mm addmm matmul bmm einsum"), matmul_rule),
     aten.embedding: embedding_rule,
     **dict.fromkeys(
         _packets("batch_norm _native_batch_norm_legit_no_training native_batch_norm"),
         batch_norm_rule,
     ),
+    aten.instance_norm: instance_norm_rule,
+    aten.prelu: prelu_rule,
     aten.layer_norm: layer_norm_rule,
     aten.group_norm: group_norm_rule,
     aten.scaled_dot_product_attention: attention_rule,

@@ -4,19 +4,30 @@ Each function takes the GraphModule, one node and the sorted positions to *keep*
 node's channel dimension, and rewrites exactly that node: parameters are sliced (really
 smaller, not masked), and size constants that name the channel count are updated.
 
-=========  ===================================================================================
-role       rewrite
-=========  ===================================================================================
-out        conv/linear weight rows and bias; embedding weight columns
-in         conv/linear weight columns (dense convs only)
-norm       BatchNorm weight, bias, running mean and variance; LayerNorm weight, bias and
-           ``normalized_shape``; GroupNorm weight, bias and ``num_groups`` (whole groups go)
-groups     a grouped conv's ``groups``: kept input channels / input channels per group (its
-           weight's dim 1 is per group and does not change)
-shape      the size constant of a view/reshape/unflatten at the channel dim
-split      split/chunk → ``split_with_sizes`` with each chunk's kept count
-heads      nothing: attention reads the head count from q, k, v
-=========  ===================================================================================
+===========  =================================================================================
+role         rewrite
+===========  =================================================================================
+out          the weight's output dim and the bias (``detail``: their dims, see
+             ``graphopt.pruning.layer_rules``): conv/linear rows, transposed conv and ``x @ W``
+             columns, embedding columns; a grouped transposed conv cuts only its bias here
+in           the weight's input dim: conv/linear columns, transposed conv and ``x @ W`` rows
+norm         BatchNorm and InstanceNorm weight, bias, running mean and variance (those
+             present); LayerNorm weight, bias and ``normalized_shape``; GroupNorm weight,
+             bias and ``num_groups`` (whole groups go)
+channelwise  a channel-wise op's per-channel parameter operand: PReLU's slopes, a bias or
+             scale added or multiplied by hand (``x @ w + b``, a layer scale)
+groups       a grouped conv's ``groups``: kept input channels / input channels per group (a
+             conv's weight dim 1 is per group and does not change; a transposed conv's dim 0
+             holds every group's inputs and is cut)
+shape        the size constant of a view/reshape/unflatten at the channel dim
+split        split/chunk → ``split_with_sizes`` with each chunk's kept count
+heads        nothing: attention reads the head count from q, k, v
+===========  =================================================================================
+
+A tied parameter (one tensor several nodes read, see ``graphopt.pruning.dependency``) is cut
+by its first user; the others find it already at the kept size and leave it, and every name
+the tensor is registered under (``wte.weight`` and ``lm_head.weight``) then points at the one
+sliced tensor: the tie survives.
 
 ``apply_removals`` gathers, for every (node, role), the positions that the removed units of
 all groups own there and calls the matching function once. The caller recompiles and
@@ -25,17 +36,20 @@ re-propagates shapes afterwards (the pass manager does, after every pass).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping
 
 import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.ir import get_tensor, set_tensor
+from graphopt.pruning.dependency import NO_DIM, layer_parameters
 from graphopt.pruning.groups import PruningGroup
 
 __all__ = [
     "SURGERY",
     "apply_removals",
+    "prune_channelwise",
     "prune_groups_arg",
     "prune_input_channels",
     "prune_norm",
@@ -50,13 +64,16 @@ Surgery = Callable[[GraphModule, Node, torch.Tensor, tuple[int, ...]], None]
 
 
 def slice_attribute(gm: GraphModule, attr: object, dim: int, keep: torch.Tensor) -> None:
-    """Replace the parameter/buffer behind ``get_attr`` node ``attr`` by its ``keep`` slice."""
+    """Replace the parameter/buffer behind ``get_attr`` node ``attr`` by its ``keep`` slice.
+
+    A tensor already ``len(keep)`` long on ``dim`` is left as it is: ``keep`` indexes the
+    original length, so it was cut by another user of a tied parameter (or nothing goes).
+    """
     tensor = get_tensor(gm, attr)
-    if tensor is None:
+    if tensor is None or dim == NO_DIM or tensor.shape[dim] == len(keep):
         return
     target = str(attr.target)
-    owner_path, _, leaf = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
+    owner, leaf = _owner(gm, target)
     is_parameter = leaf in owner._parameters
     requires_grad = tensor.requires_grad
     fresh = tensor.detach().index_select(dim, keep)  # a new tensor: no second copy
@@ -65,23 +82,50 @@ def slice_attribute(gm: GraphModule, attr: object, dim: int, keep: torch.Tensor)
         getattr(owner, leaf).requires_grad_(requires_grad)
 
 
-def prune_output_channels(gm: GraphModule, node: Node, keep: torch.Tensor, _d: tuple) -> None:
-    """Conv/linear: weight rows and bias; embedding: weight columns."""
-    if node.target.overloadpacket is aten.embedding:
-        slice_attribute(gm, node.args[0], 1, keep)
-        return
-    slice_attribute(gm, node.args[1], 0, keep)
-    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-    slice_attribute(gm, bias, 0, keep)
+def _owner(gm: GraphModule, target: str) -> tuple[torch.nn.Module, str]:
+    owner_path, _, leaf = target.rpartition(".")
+    return (gm.get_submodule(owner_path) if owner_path else gm), leaf
 
 
-def prune_input_channels(gm: GraphModule, node: Node, keep: torch.Tensor, _d: tuple) -> None:
-    """Dense conv/linear: weight columns."""
-    slice_attribute(gm, node.args[1], 1, keep)
+def _tied_names(gm: GraphModule) -> list[tuple[torch.Tensor, list[str]]]:
+    """Tensors registered under several names (a tied embedding and LM head), and the names."""
+    names: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for name, t in itertools.chain(
+        gm.named_parameters(remove_duplicate=False), gm.named_buffers(remove_duplicate=False)
+    ):
+        names.setdefault(id(t), (t, []))[1].append(name)
+    return [entry for entry in names.values() if len(entry[1]) > 1]
+
+
+def _retie(gm: GraphModule, tied: list[tuple[torch.Tensor, list[str]]]) -> None:
+    """Point every name of a tied tensor at its sliced version, so the tie (and the
+    parameter count) survives: the surgery replaced the tensor under the names it used."""
+    for original, names in tied:
+        owners = [_owner(gm, name) for name in names]
+        current = [getattr(owner, leaf) for owner, leaf in owners]
+        sliced = next((t for t in current if t is not original), None)
+        if sliced is None:
+            continue
+        for owner, leaf in owners:
+            table = owner._parameters if leaf in owner._parameters else owner._buffers
+            table[leaf] = sliced
+
+
+def prune_output_channels(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """A layer's output channels: ``detail`` = (weight dim, bias dim), NO_DIM: left whole."""
+    weight, bias = layer_parameters(node)
+    w_dim, b_dim = detail
+    slice_attribute(gm, weight, w_dim, keep)
+    slice_attribute(gm, bias, b_dim, keep)
+
+
+def prune_input_channels(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """A dense layer's input channels: ``detail`` = (weight dim,)."""
+    slice_attribute(gm, layer_parameters(node)[0], detail[0], keep)
 
 
 def prune_norm(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
-    """BatchNorm (4 tensors), LayerNorm (+ normalized_shape), GroupNorm (+ num_groups)."""
+    """Batch/InstanceNorm (4 tensors), LayerNorm (+ normalized_shape), GroupNorm (+ groups)."""
     packet = node.target.overloadpacket
     args = list(node.args)
     if packet is aten.layer_norm:
@@ -97,8 +141,18 @@ def prune_norm(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -
     node.args = tuple(args)
 
 
+def prune_channelwise(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
+    """A per-channel parameter operand: ``detail`` = (its index in ``args``, its channel dim)."""
+    slice_attribute(gm, node.args[detail[0]], detail[1], keep)
+
+
 def prune_groups_arg(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
-    """A grouped conv loses whole groups: ``groups`` = kept input channels / per group."""
+    """A grouped conv loses whole groups: ``groups`` = kept input channels / per group.
+
+    ``detail`` = (input channels per group, the weight dim holding every group's inputs or
+    NO_DIM): a transposed conv's weight ``[in, out/groups, k…]`` loses those rows here.
+    """
+    slice_attribute(gm, node.args[1], detail[1], keep)
     index = 8 if node.target.overloadpacket is aten.convolution else 6
     groups = len(keep) // detail[0]
     if len(node.args) > index:
@@ -139,6 +193,7 @@ SURGERY: dict[str, Surgery] = {
     "out": prune_output_channels,
     "in": prune_input_channels,
     "norm": prune_norm,
+    "channelwise": prune_channelwise,
     "groups": prune_groups_arg,
     "shape": resize_shape,
     "split": resize_split,
@@ -167,6 +222,7 @@ def apply_removals(
 ) -> int:
     """Remove the given units of each group from ``gm`` in place; returns nodes rewritten."""
     nodes = {n.name: n for n in gm.graph.nodes}
+    tied = _tied_names(gm)
     rewritten = 0
     for (name, role), (size, detail, positions) in removed_positions(groups, removals).items():
         if not positions:
@@ -174,4 +230,5 @@ def apply_removals(
         keep = torch.tensor(sorted(set(range(size)) - positions), dtype=torch.long)
         SURGERY[role](gm, nodes[name], keep, detail)
         rewritten += 1
+    _retie(gm, tied)
     return rewritten
