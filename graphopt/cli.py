@@ -136,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     passes = sub.add_parser(
         "passes", parents=[common], help="list the registered passes and their options"
     )
+    passes.add_argument("--json", action="store_true", help="the listing as JSON")
+    passes.add_argument(
+        "--schema", action="store_true", help="print the JSON Schema of recipe files"
+    )
     passes.set_defaults(handler=_cmd_passes)
     return parser
 
@@ -340,16 +344,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_passes(args: argparse.Namespace) -> int:
+    """The registered passes with each option's type, range, default and meaning."""
+    import json
+
     from graphopt.passes import describe_passes
 
-    for row in describe_passes():
+    if args.schema:
+        from graphopt.recipe import recipe_schema
+
+        print(json.dumps(recipe_schema(), indent=1))
+        return 0
+    rows = describe_passes()
+    if args.json:
+        print(json.dumps(rows, indent=1, default=repr))
+        return 0
+    for row in rows:
         kind = "exact" if row["exact"] else "approximate"
-        options = ", ".join(f"{k}={v}" for k, v in row["options"].items()) or "no options"
-        print(f"{row['name']:<20} {kind:<12} {row['summary']}  [{options}]")
+        print(f"{row['name']}  ({kind})  {row['summary']}")
+        for key, option in row["options"].items():
+            default = "required" if option["required"] else f"default {option['default']!r}"
+            help_text = f" — {option['help']}" if option["help"] else ""
+            print(f"    {key}: {option['type']}; {default}{help_text}")
+        if not row["options"]:
+            print("    no options")
     return 0
 
 
-# ---- helpers --------------------------------------------------------------------------------
 def _save_model(gm: object, inputs: tuple, folder: Path) -> None:
     """Save the compressed graph as a torch.export archive (no pickled code) and as ONNX;
     the ONNX file is loaded once in ONNX Runtime, so what is shipped is known to load."""

@@ -1,7 +1,7 @@
 """Task data handed to passes: training batches, calibration inputs, an evaluation function.
 
 A recipe's ``data:`` names a callable returning a ``TaskData``; the runner puts its fields into
-``PassContext.extras`` (``"train"``, ``"calibration"``, ``"evaluate"``, ``"validate"``), where
+the ``PassContext`` (``ctx.train``, ``ctx.calibration``, ``ctx.evaluate``, ``ctx.validate``), where
 passes such as
 ``recover`` (fine-tuning), ``low_rank`` with ``method: pca`` and quantisation read them.
 

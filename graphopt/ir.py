@@ -28,6 +28,7 @@ __all__ = [
     "paused_gc",
     "propagate_shapes",
     "set_tensor",
+    "settle",
 ]
 
 aten = torch.ops.aten
@@ -116,6 +117,26 @@ def module_path(node: Node) -> str:
 
 def count_parameters(gm: nn.Module) -> int:
     return sum(p.numel() for p in gm.parameters())
+
+
+def settle(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...], *, who: str) -> None:
+    """After a rewrite: lint, recompile, re-propagate shapes — the one "settle the graph".
+
+    The pass manager runs it after every pass; a pass that reads shapes between its own steps
+    (iterative pruning, the search) runs it there too. ``who`` names the pass (or step) that
+    left the graph, so a failure blames it: a ``PassError``.
+    """
+    from graphopt.errors import PassError
+
+    try:
+        gm.graph.lint()
+    except Exception as exc:
+        raise PassError(who, f"left an invalid graph: {exc}") from exc
+    gm.recompile()
+    try:
+        propagate_shapes(gm, tuple(example_inputs))
+    except Exception as exc:
+        raise PassError(who, f"left a graph whose shapes do not propagate: {exc}") from exc
 
 
 def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> None:

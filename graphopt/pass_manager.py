@@ -20,7 +20,6 @@ non-finite model is wrong whatever the tolerance. Tensors that were non-finite a
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -33,8 +32,9 @@ from torch.fx import GraphModule
 from graphopt.analysis import analyze
 from graphopt.capture import as_input_tuple
 from graphopt.data import check_finite, count_nonfinite
-from graphopt.errors import GraphoptError, NumericsError, PassError
-from graphopt.ir import get_tensor, propagate_shapes
+from graphopt.errors import GraphoptError, NumericsError
+from graphopt.fidelity import relative_error
+from graphopt.ir import get_tensor, settle
 from graphopt.metrics import EvalFn, evaluate_metric
 from graphopt.passes.base import Pass, PassContext
 
@@ -127,7 +127,7 @@ class PassManager:
             start = time.perf_counter()
             result = p.run(current, ctx)
             current = result.graph_module
-            self._housekeeping(p, current, inputs)
+            settle(current, inputs, who=p.name)
             seconds = time.perf_counter() - start
             outputs = _outputs(current, inputs)
             _check_finite_stage(p, current, outputs, allowed)
@@ -152,18 +152,6 @@ class PassManager:
             )
             reference = outputs
         return PipelineResult(graph_module=current, stages=tuple(stages))
-
-    @staticmethod
-    def _housekeeping(p: Pass, gm: GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-        try:
-            gm.graph.lint()
-        except Exception as exc:
-            raise PassError(p.name, f"left an invalid graph: {exc}") from exc
-        gm.recompile()
-        try:
-            propagate_shapes(gm, inputs)
-        except Exception as exc:
-            raise PassError(p.name, f"left a graph whose shapes do not propagate: {exc}") from exc
 
 
 def _outputs(gm: GraphModule, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
@@ -221,40 +209,6 @@ def _nonfinite_tensors(gm: GraphModule) -> dict[str, tuple[int, int]]:
         if any(counts):
             found[name] = counts
     return found
-
-
-def relative_error(reference: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> float:
-    """Worst over outputs of ``max|a − r| / max|r|`` (0 when both are all zero).
-
-    Never hides a non-finite value: NaN in either side gives NaN, and an ``inf`` gives
-    ``inf`` unless both sides hold the same infinity at the same places (then the error is
-    that of the finite values). ``max`` is not used to combine, since ``max(x, nan)`` is ``x``.
-    """
-    worst = 0.0
-    for ref, got in zip(reference, actual, strict=True):
-        if ref.shape != got.shape:
-            return math.inf
-        if not ref.numel() or not (ref.is_floating_point() or got.is_floating_point()):
-            if not torch.equal(ref, got):
-                return math.inf
-            continue
-        ref64, got64 = ref.double(), got.double()
-        if bool(ref64.isnan().any() or got64.isnan().any()):
-            return math.nan
-        infinite = ref64.isinf()
-        if not torch.equal(infinite, got64.isinf()) or not torch.equal(
-            ref64[infinite], got64[infinite]
-        ):
-            return math.inf
-        ref64, got64 = ref64[~infinite], got64[~infinite]
-        if not ref64.numel():
-            continue
-        scale = ref64.abs().max().item()
-        diff = (ref64 - got64).abs().max().item()
-        error = diff / scale if scale > 0 else diff
-        if error > worst:
-            worst = error
-    return worst
 
 
 def _stage(

@@ -39,7 +39,14 @@ from graphopt.errors import RecipeError
 from graphopt.loading import parse_shape
 from graphopt.passes import Pass, get_pass
 
-__all__ = ["Recipe", "StepSpec", "check_bench_counts", "load_recipe", "parse_recipe"]
+__all__ = [
+    "Recipe",
+    "StepSpec",
+    "check_bench_counts",
+    "load_recipe",
+    "parse_recipe",
+    "recipe_schema",
+]
 
 _KEYS = {
     "model",
@@ -79,7 +86,10 @@ class Recipe:
     require: tuple[Requirement, ...] = ()
 
     def build_passes(self) -> list[Pass]:
-        return [get_pass(step.name, **step.options) for step in self.passes]
+        return [
+            get_pass(step.name, where=f"passes[{i}].{step.name}", **step.options)
+            for i, step in enumerate(self.passes)
+        ]
 
     def build_backends(self) -> list[Any]:
         return [get_backend(step.name, **step.options) for step in self.backends]
@@ -277,3 +287,72 @@ def _steps(items: Any, key: str) -> tuple[StepSpec, ...]:
         else:
             raise RecipeError(f"each {key} entry must be a name or {{name: options}}, got {item!r}")
     return tuple(steps)
+
+
+def recipe_schema() -> dict[str, Any]:
+    """A JSON Schema for recipe files (editors validate and complete YAML/TOML with it).
+
+    Generated from the same declarations that validate recipes: the recipe keys here, every
+    registered pass's options model. Shipped as ``graphopt/schemas/recipe.schema.json``
+    (``graphopt passes --schema`` prints it; a test keeps the file current).
+    """
+    from graphopt.passes import registered_passes
+
+    defs: dict[str, Any] = {}
+    steps = []
+    for name, cls in registered_passes().items():
+        schema = cls.Options.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(schema.pop("$defs", {}))
+        schema["title"] = f"{name} options"
+        defs[f"pass_{name}"] = schema
+        steps.append({"const": name})
+        steps.append(
+            {
+                "type": "object",
+                "properties": {
+                    name: {"anyOf": [{"$ref": f"#/$defs/pass_{name}"}, {"type": "null"}]}
+                },
+                "required": [name],
+                "additionalProperties": False,
+            }
+        )
+    backend = {
+        "anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "graphopt recipe",
+        "type": "object",
+        "required": ["model"],
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "description": "zoo name or package.module:factory"},
+            "input_shape": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+                    {"type": "string", "pattern": "^[0-9]+(\\s*[,x]\\s*[0-9]+)*$"},
+                ]
+            },
+            "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+            "passes": {"type": "array", "items": {"anyOf": steps}},
+            "backends": {"type": "array", "items": backend},
+            "benchmark": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "warmup": {"type": "integer", "minimum": 0, "maximum": 100000},
+                    "runs": {"type": "integer", "minimum": 1, "maximum": 100000},
+                },
+            },
+            "evaluate": {"type": "string", "pattern": ":"},
+            "data": {"type": "string"},
+            "output": {"type": "string", "minLength": 1},
+            "require": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "string"}},
+                    {"type": "object", "additionalProperties": {"type": "string"}},
+                ]
+            },
+        },
+        "$defs": defs,
+    }

@@ -67,7 +67,18 @@ def compress(
     original = trace(model, inputs)  # symbolic: no activation is computed yet
     original_stats = analyze(original)
     _require_activation_memory(original_stats, inputs)
-    context = PassContext(inputs, _extras(original, data, evaluate, backends, warmup, runs))
+    context = PassContext(
+        inputs,
+        teacher=original,
+        train=data.train if data is not None else None,
+        calibration=data.calibration if data is not None else None,
+        validate=data.validate if data is not None else None,
+        evaluate=evaluate,
+        latency=latency_probe(backends[0], original, warmup=min(warmup, 5), runs=min(runs, 20))
+        if backends
+        else None,
+        progress=say,
+    )
     say(f"running {len(passes)} pass(es)")
     result = PassManager(passes).run(original, inputs, context=context, evaluate=evaluate)
     compressed = result.graph_module
@@ -110,30 +121,6 @@ def _require_activation_memory(stats: ModelStats, inputs: tuple[torch.Tensor, ..
     )
     shapes = ", ".join(str(list(t.shape)) for t in inputs)
     require_memory(needed, f"running the model on example inputs {shapes}")
-
-
-def _extras(
-    original: GraphModule,
-    data: TaskData | None,
-    evaluate: EvalFn | None,
-    backends: Sequence[Backend],
-    warmup: int,
-    runs: int,
-) -> dict[str, Any]:
-    extras: dict[str, Any] = {"teacher": original}
-    if data is not None and data.train is not None:
-        extras["train"] = data.train
-    if data is not None and data.calibration is not None:
-        extras["calibration"] = data.calibration
-    if evaluate is not None:
-        extras["evaluate"] = evaluate
-    if data is not None and data.validate is not None:
-        extras["validate"] = data.validate
-    if backends:
-        extras["latency"] = latency_probe(
-            backends[0], original, warmup=min(warmup, 5), runs=min(runs, 20)
-        )
-    return extras
 
 
 def latency_probe(

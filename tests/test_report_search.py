@@ -14,4 +14,4 @@ def test_adapt_stage_writes_pareto_plot_and_channel_table(tmp_path) -> None:
     names = {p.name for p in written}
     assert "pareto_2_adapt.png" in names and (tmp_path / "pareto_2_adapt.png").stat().st_size > 0
     text = (tmp_path / "report.md").read_text()
-    assert "## Channels chosen (adapt)" in text and "pareto_2_adapt.png" in text
+    assert "## adapt: channels" in text and "pareto_2_adapt.png" in text  # the generic table

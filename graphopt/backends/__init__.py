@@ -8,14 +8,13 @@ in a recipe fails at load time rather than being silently ignored.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from graphopt.backends.base import Backend
-from graphopt.errors import BackendUnavailableError, RecipeError
+from graphopt.errors import RecipeError
 
 __all__ = ["available_backends", "get_backend", "known_backends"]
 
@@ -33,19 +32,12 @@ def _onnxruntime() -> type:
 
 
 def _tvm() -> type:
-    try:
-        module = importlib.import_module("graphopt.backends.tvm")
-    except ModuleNotFoundError as exc:
-        if exc.name == "graphopt.backends.tvm":
-            raise BackendUnavailableError(
-                "the tvm backend is not part of this graphopt build (graphopt/backends/tvm.py "
-                "is missing); use 'torch' or 'onnxruntime'"
-            ) from exc
-        raise BackendUnavailableError(
-            f"the tvm backend needs the module {exc.name!r}, which is not installed; install "
-            "it with `pip install 'graphopt[tvm]'`"
-        ) from exc
-    return module.TVMBackend
+    # A plain import: the module imports TVM itself only inside ``compile`` (a missing TVM is a
+    # BackendUnavailableError there), so an ImportError here is a bug in graphopt and must
+    # surface as one, not read as "backend unavailable".
+    from graphopt.backends.tvm import TVMBackend
+
+    return TVMBackend
 
 
 # name -> (loader of the backend class, the Python module its runtime needs)
@@ -67,8 +59,6 @@ def available_backends() -> list[str]:
     names = []
     for name, (_, runtime) in _BACKENDS.items():
         if runtime is None or importlib.util.find_spec(runtime) is not None:
-            if name == "tvm" and importlib.util.find_spec("graphopt.backends.tvm") is None:
-                continue
             names.append(name)
     return names
 

@@ -105,12 +105,10 @@ def speedups(stats: Mapping[str, LatencyStats]) -> dict[str, float]:
 
 
 def relative_diff(reference: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
-    """max |reference - actual| / max |reference| over all outputs (0/0 counts as 0)."""
-    worst = max_abs_diff(reference, actual)
-    scale = max((float(np.max(np.abs(r))) for r in reference if r.size), default=0.0)
-    if scale == 0.0:
-        return 0.0 if worst == 0.0 else math.inf
-    return worst / scale
+    """``graphopt.fidelity.relative_error``: the pipeline's one relative error, on arrays."""
+    from graphopt.fidelity import relative_error
+
+    return relative_error(reference, actual)
 
 
 def compare_on_backend(

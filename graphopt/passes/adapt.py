@@ -8,20 +8,20 @@ importance (which channels of a group go first), valid counts (``round_to``,
 ``min_channels``), surgery, and the plan it returns (``stats["plan"]``, replayable with
 ``graphopt.pruning.apply_plan``).
 
-What the pass reads from ``ctx.extras``:
+What the pass reads from the context:
 
-- ``"latency"``: ``(module, example_inputs) -> seconds`` (a median), required with
+- ``ctx.latency``: ``(module, example_inputs) -> seconds`` (a median), required with
   ``target_latency``. The runner builds it from the recipe's backend; a pass never imports a
   backend. Measurements are cached per channel configuration (``graphopt.search.latency_cache``:
   NetAdapt's lookup table, at whole-model granularity).
-- ``"validate"`` (else ``"evaluate"``): ``model -> float | {name: float}`` (higher is
+- ``ctx.validate`` (else ``ctx.evaluate``): ``model -> float | {name: float}`` (higher is
   better; a mapping's first value), the candidates' score; without it, the cosine
-  similarity of the candidate's outputs with the pass's input graph's on ``"calibration"``
+  similarity of the candidate's outputs with the pass's input graph's on ``ctx.calibration``
   (its first 8 batches) or the example inputs.
-- ``"train"`` (and optionally ``"teacher"``, default the pass's input graph): with
+- ``ctx.train`` (and optionally ``ctx.teacher``, default the pass's input graph): with
   ``short_finetune_steps > 0``, each candidate is fine-tuned before it is scored, as NetAdapt
   does, by ``graphopt.recovery.distill(student, teacher, train, steps=n)`` (``train`` yields
-  ``(inputs, labels)``, labels may be None) when that module imports; otherwise there is no
+  ``(inputs, labels)``, labels may be None); without training batches there is no
   fine-tuning, and ``stats["finetune"]`` says why.
 
 ``round_to`` defaults to 16: ONNX Runtime's blocked (NCHWc) conv kernels need channel counts
@@ -33,17 +33,18 @@ An unreachable budget is not an error: the pass returns the closest model it fou
 
 from __future__ import annotations
 
-import importlib
 import itertools
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch.fx import GraphModule
 
 from graphopt.checks import is_number
 from graphopt.data import input_batches
 from graphopt.errors import GraphoptError, PassError
+from graphopt.options import Names, Options
 from graphopt.passes.base import Pass, PassContext, PassResult, register_pass
 from graphopt.pruning.dependency import build_channel_graph
 from graphopt.pruning.importance import METHODS
@@ -70,77 +71,41 @@ class Adapt(Pass):
     name = "adapt"
     exact = False
 
-    def __init__(
-        self,
-        *,
-        target_latency: float | None = None,
-        target_macs: float | None = None,
-        step: float = 0.05,
-        step_decay: float = 1.0,
-        importance: str = "l2",
-        round_to: int = 16,
-        min_channels: int = 1,
-        ignore: Sequence[str] = (),
-        max_iterations: int = 50,
-        short_finetune_steps: int = 0,
-    ) -> None:
-        if (target_latency is None) == (target_macs is None):
-            raise ValueError(
-                "give exactly one of target_latency (fraction of the original latency to "
-                "keep) and target_macs (fraction of the MACs to keep); got target_latency="
-                f"{target_latency!r}, target_macs={target_macs!r}"
-            )
-        for option, value in (("target_latency", target_latency), ("target_macs", target_macs)):
-            if value is not None and not (is_number(value) and 0 < value <= 1):
-                raise ValueError(f"{option} must be a number in (0, 1], got {value!r}")
-        if not (is_number(step) and 0 < step < 1):
-            raise ValueError(
-                f"step must be a number in (0, 1): the fraction of the original cost to cut "
-                f"per iteration, e.g. 0.05; got {step!r}"
-            )
-        if not (is_number(step_decay) and 0 < step_decay <= 1):
-            raise ValueError(f"step_decay must be a number in (0, 1], got {step_decay!r}")
-        if importance not in METHODS:
-            raise ValueError(f"importance must be one of {', '.join(METHODS)}, got {importance!r}")
-        for option, value, least in (
-            ("round_to", round_to, 1),
-            ("min_channels", min_channels, 1),
-            ("max_iterations", max_iterations, 1),
-            ("short_finetune_steps", short_finetune_steps, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"{option} must be an int >= {least}, got {value!r}")
-        if isinstance(ignore, str) or not all(isinstance(p, str) and p for p in ignore):
-            raise ValueError(
-                f"ignore must be a list of module paths such as ['fc'], got {ignore!r}"
-            )
-        self.target_latency = None if target_latency is None else float(target_latency)
-        self.target_macs = None if target_macs is None else float(target_macs)
-        self.step = float(step)
-        self.step_decay = float(step_decay)
-        self.importance = importance
-        self.round_to = round_to
-        self.min_channels = min_channels
-        self.ignore = tuple(ignore)
-        self.max_iterations = max_iterations
-        self.short_finetune_steps = short_finetune_steps
+    class Options(Options):
+        target_latency: float | None = Field(
+            None, gt=0, le=1, description="fraction of the original latency to keep (measured)"
+        )
+        target_macs: float | None = Field(
+            None, gt=0, le=1, description="fraction of the MACs to keep"
+        )
+        step: float = Field(
+            0.05, gt=0, lt=1, description="fraction of the original cost cut per iteration"
+        )
+        step_decay: float = Field(1.0, gt=0, le=1, description="step shrinks by this each time")
+        importance: Literal[tuple(METHODS)] = Field("l2", description="channel score")
+        round_to: int = Field(16, ge=1, description="keep channel counts a multiple of this")
+        min_channels: int = Field(1, ge=1, description="never leave a group below this")
+        ignore: Names = Field((), description="module paths whose channels stay")
+        max_iterations: int = Field(50, ge=1, description="search iterations at most")
+        short_finetune_steps: int = Field(
+            0, ge=0, description="distillation steps per candidate (needs train data)"
+        )
+
+        @model_validator(mode="after")
+        def _one_target(self) -> Adapt.Options:
+            if (self.target_latency is None) == (self.target_macs is None):
+                raise ValueError(
+                    "give exactly one of target_latency (fraction of the original latency to "
+                    "keep) and target_macs (fraction of the MACs to keep); got target_latency="
+                    f"{self.target_latency!r}, target_macs={self.target_macs!r}"
+                )
+            return self
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
-        if self.target_latency is not None and not callable(ctx.extras.get("latency")):
-            raise PassError(
-                self.name,
-                "target_latency needs ctx.extras['latency'], a callable (module, "
-                "example_inputs) -> seconds; a recipe's runner builds it from its first "
-                "backend, in Python pass PassContext(inputs, extras={'latency': fn}), or use "
-                "target_macs",
-            )
-        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
-        if evaluate is not None and not callable(evaluate):
-            raise PassError(
-                self.name,
-                f"ctx.extras['evaluate'] must be a callable model -> float, got "
-                f"{type(evaluate).__name__}",
-            )
+        if self.target_latency is not None:
+            ctx.require(self.name, "latency", purpose="target_latency (or use target_macs)")
+        if ctx.scorer is not None:
+            ctx.require(self.name, "validate" if ctx.validate is not None else "evaluate")
         cg = build_channel_graph(gm, ignore=self.ignore)
         unmatched = [p for p in self.ignore if p not in cg.ignored_matches]
         if unmatched:
@@ -182,22 +147,22 @@ class Adapt(Pass):
     def _cost(self, ctx: PassContext, cache: LatencyCache, kind: str) -> CostFn:
         if kind == "macs":
             return lambda key, build, macs: macs
-        latency = ctx.extras["latency"]
+        latency = ctx.latency
         inputs = tuple(ctx.example_inputs)
 
         def measure(key, build: Callable[[], GraphModule], macs: float) -> float:
             try:
                 return cache.get(key, lambda: latency(build(), inputs))
             except (TypeError, ValueError) as exc:
-                raise PassError(self.name, f"ctx.extras['latency'] returned badly: {exc}") from exc
+                raise PassError(self.name, f"ctx.latency returned badly: {exc}") from exc
 
         return measure
 
     def _scorer(self, gm: GraphModule, ctx: PassContext) -> tuple[ScoreFn, Callable[[], str]]:
         """The candidates' score and (once it has run) its name for the report."""
-        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
+        evaluate = ctx.scorer
         if evaluate is None:
-            calibration = ctx.extras.get("calibration")
+            calibration = ctx.calibration
             batches = (
                 list(itertools.islice(input_batches(calibration, graph=gm), _FIDELITY_BATCHES))
                 if calibration is not None
@@ -214,7 +179,7 @@ class Adapt(Pass):
             if value is None:
                 raise PassError(
                     self.name,
-                    "ctx.extras['evaluate'] must return a number or a mapping whose first "
+                    "ctx.evaluate must return a number or a mapping whose first "
                     f"value is a number, got {raw!r}",
                 )
             return value
@@ -225,14 +190,12 @@ class Adapt(Pass):
         steps = self.short_finetune_steps
         if steps == 0:
             return None, "none (short_finetune_steps=0)"
-        train = ctx.extras.get("train")
+        train = ctx.train
         if train is None:
-            return None, "skipped: short_finetune_steps needs training batches in extras['train']"
-        try:
-            distill = importlib.import_module("graphopt.recovery").distill
-        except (ImportError, AttributeError):
-            return None, "skipped: graphopt.recovery.distill is not available"
-        teacher = ctx.extras.get("teacher", gm)
+            return None, "skipped: short_finetune_steps needs training batches in ctx.train"
+        from graphopt.recovery import distill  # per call: tests may stand in a fake module
+
+        teacher = ctx.teacher if ctx.teacher is not None else gm
 
         def finetune(student: GraphModule) -> GraphModule:
             model, _history = distill(student, teacher, train, steps=steps, progress=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, final
@@ -20,8 +20,10 @@ import torch
 from torch.fx import GraphModule
 
 from graphopt.errors import PassError, RecipeError
+from graphopt.options import Options, describe_field, parse_options
 
 __all__ = [
+    "CONTEXT_FIELDS",
     "Pass",
     "PassContext",
     "PassResult",
@@ -51,17 +53,92 @@ class PassResult:
         object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
 
 
+# What each context field is and where it comes from: the one wording of "this pass needs X".
+CONTEXT_FIELDS: dict[str, str] = {
+    "teacher": "the original model (graphopt.compress gives the captured original)",
+    "train": (
+        "training data, a re-iterable of (inputs, labels) batches, labels possibly None "
+        "(TaskData.train; in a recipe, a `data:` task that has train batches)"
+    ),
+    "calibration": (
+        "calibration data, a re-iterable of input tuples such as [(x1,), (x2,)] "
+        "(TaskData.calibration; in a recipe, `data:` — a task, or `random` for ranges only)"
+    ),
+    "validate": "a held-out metric, callable(model) -> float | {name: float} (TaskData.validate)",
+    "evaluate": "the task metric, callable(model) -> float | {name: float} (recipe `evaluate:`)",
+    "latency": (
+        "a latency probe, callable(module, example_inputs) -> seconds (a recipe's first "
+        "backend; graphopt.runner.latency_probe in Python)"
+    ),
+    "progress": "a callable(message) that reports progress",
+}
+
+
 @dataclass
 class PassContext:
-    """What a pass may need besides the graph: example inputs, later calibration data."""
+    """What a pass may need besides the graph, as named fields (see :data:`CONTEXT_FIELDS`).
+
+    ``extras`` holds anything else, for passes users write; a known name given there (the
+    older ``PassContext(inputs, extras={"calibration": …})`` form) is moved to its field.
+    """
 
     example_inputs: tuple[torch.Tensor, ...]
     extras: dict[str, Any] = field(default_factory=dict)
+    teacher: torch.nn.Module | None = None
+    train: Iterable[Any] | None = None
+    calibration: Iterable[Any] | None = None
+    validate: Callable[[torch.nn.Module], Any] | None = None
+    evaluate: Callable[[torch.nn.Module], Any] | None = None
+    latency: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], float] | None = None
+    progress: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        for key in [k for k in self.extras if k in CONTEXT_FIELDS]:
+            if getattr(self, key) is None:
+                setattr(self, key, self.extras.pop(key))
+
+    @property
+    def scorer(self) -> Callable[[torch.nn.Module], Any] | None:
+        """What a pass that *chooses* scores with: ``validate``, else ``evaluate``."""
+        return self.validate if self.validate is not None else self.evaluate
+
+    def require(self, pass_name: str, *names: str, purpose: str = "") -> None:
+        """Raise the standard ``PassError`` when a field is missing (or a callable is not)."""
+        for key in names:
+            value = getattr(self, key)
+            what = CONTEXT_FIELDS[key]
+            for_what = f" for {purpose}" if purpose else ""
+            if value is None:
+                raise PassError(pass_name, f"needs ctx.{key}{for_what}: {what}")
+            must_call = key in ("validate", "evaluate", "latency", "progress")
+            if must_call and not callable(value):
+                raise PassError(
+                    pass_name,
+                    f"ctx.{key} must be {what.split(' (')[0]}, got {type(value).__name__}",
+                )
+            if key == "teacher" and not isinstance(value, torch.nn.Module):
+                raise PassError(
+                    pass_name, f"ctx.teacher must be a torch.nn.Module, got {type(value).__name__}"
+                )
+
+
+class NoOptions(Options):
+    """A pass without options."""
 
 
 class Pass(ABC):
+    """A rewrite pass. Its options are declared once, as the pydantic model ``Options``:
+    ``Prune(target_macs=0.5)`` validates them (an ``OptionError`` naming the option) and sets
+    each as an attribute; ``graphopt passes`` and the recipe JSON Schema read the model."""
+
     name: ClassVar[str]
     exact: ClassVar[bool]
+    Options: ClassVar[type[Options]] = NoOptions
+
+    def __init__(self, **options: Any) -> None:
+        self.opts = parse_options(self.Options, options, where=self.name)
+        for key in type(self.opts).model_fields:
+            setattr(self, key, getattr(self.opts, key))
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:  # noqa: B027 - optional hook
         """Raise ``PassError`` when the input does not satisfy the pass's preconditions."""
@@ -87,8 +164,8 @@ class Pass(ABC):
     __call__ = run
 
     def options(self) -> dict[str, Any]:
-        """The keyword options this instance was built with (for reports and recipes)."""
-        return {k: getattr(self, k) for k in _option_names(type(self)) if hasattr(self, k)}
+        """Every option of this instance, defaults included (for reports and recipes)."""
+        return self.opts.model_dump()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -114,41 +191,45 @@ def registered_passes() -> dict[str, type[Pass]]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def get_pass(name: str, **options: Any) -> Pass:
-    """Build a registered pass by name; unknown names and options are ``RecipeError``s."""
+def get_pass(name: str, *, where: str | None = None, **options: Any) -> Pass:
+    """Build a registered pass by name; unknown names and bad options are ``RecipeError``s
+    (``OptionError``) whose message starts with ``where`` (e.g. ``passes[1].prune``)."""
     passes = registered_passes()
     if name not in passes:
         raise RecipeError(f"unknown pass {name!r}; known passes: {', '.join(passes)}")
     cls = passes[name]
-    allowed = _option_names(cls)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        hint = ", ".join(allowed) or "none"
-        raise RecipeError(f"pass {name!r} has no option {unknown[0]!r}; its options: {hint}")
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as exc:
-        raise RecipeError(f"pass {name!r}: {exc}") from exc
+    options_model = parse_options(cls.Options, options, where=where or name)
+    return cls(**{k: getattr(options_model, k) for k in options})
 
 
 def describe_passes() -> list[dict[str, Any]]:
-    """Name, exactness, summary and options of every registered pass (for ``graphopt passes``)."""
+    """Name, exactness, summary and options (type, range, default, help) of every pass."""
     rows = []
     for name, cls in registered_passes().items():
-        sig = inspect.signature(cls.__init__)
-        options = {
-            p.name: ("required" if p.default is p.empty else repr(p.default))
-            for p in sig.parameters.values()
-            if p.kind is p.KEYWORD_ONLY
-        }
+        options = {}
+        for key, info in cls.Options.model_fields.items():
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
+            options[key] = {
+                "type": describe_field(info),
+                "default": default.model_dump() if isinstance(default, Options) else default,
+                "required": info.is_required(),
+                "help": info.description or "",
+            }
         summary = (inspect.getdoc(cls) or "").splitlines()[0] if inspect.getdoc(cls) else ""
-        rows.append({"name": name, "exact": cls.exact, "summary": summary, "options": options})
+        rows.append(
+            {
+                "name": name,
+                "exact": cls.exact,
+                "summary": summary,
+                "options": options,
+                "schema": cls.Options.model_json_schema(),
+            }
+        )
     return rows
 
 
 def _option_names(cls: type[Pass]) -> list[str]:
-    sig = inspect.signature(cls.__init__)
-    return [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
+    return list(cls.Options.model_fields)
 
 
 def _load_builtin_passes() -> None:

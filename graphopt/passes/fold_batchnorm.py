@@ -56,9 +56,6 @@ class FoldBatchNorm(Pass):
     name = "fold_batchnorm"
     exact = True
 
-    def __init__(self) -> None:
-        pass
-
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
         for bn in iter_ops(gm, [aten.batch_norm]):
             training = bn.args[_BN_TRAINING_ARG]

@@ -24,7 +24,7 @@ Tucker), computed ranks rounded up to a multiple of ``round_to``. A layer is rep
 when its MACs *and* parameters drop and the MACs saving is at least ``min_macs_saving``;
 otherwise it is a refusal with the numbers.
 
-Calibration data for ``pca``: ``ctx.extras["calibration"]``, an iterable of input tuples, else
+Calibration data for ``pca``: ``ctx.calibration``, an iterable of input tuples, else
 the example inputs. Statistics are taken from the original model's responses in one pass
 (not sequentially from the partly decomposed model). A layer with fewer output vectors on the
 calibration data than its rank is refused: its covariance cannot determine the directions.
@@ -37,13 +37,13 @@ output error. Factor layers are marked, so a second run leaves them alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from typing import Annotated, Literal
 
 import torch
+from pydantic import BeforeValidator, Field, model_validator
 from torch.fx import GraphModule
 
-from graphopt.checks import is_int, is_number
 from graphopt.errors import PassError
 from graphopt.ir import iter_ops, module_path
 from graphopt.lowrank import factorize
@@ -51,7 +51,20 @@ from graphopt.lowrank.calibration import OutputStats, collect_output_stats, inpu
 from graphopt.lowrank.layers import LINEAR_OR_CONV, METHODS, Layer, read_layer
 from graphopt.lowrank.plan import LayerPlan, RankRule, method_for, plan_layer
 from graphopt.lowrank.rewrite import LOW_RANK_META, replace_layer
+from graphopt.options import Names, Options
 from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, register_pass
+
+
+def _pairs_as_tuples(ranks: object) -> object:
+    """YAML writes a Tucker (R_out, R_in) pair as a list; the option holds a tuple."""
+    if isinstance(ranks, dict):
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in ranks.items()}
+    return ranks
+
+
+RankSpec = (
+    Annotated[int, Field(gt=0)] | tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
+)
 
 __all__ = ["LowRank"]
 
@@ -63,42 +76,32 @@ class LowRank(Pass):
     name = "low_rank"
     exact = False
 
-    def __init__(
-        self,
-        *,
-        method: str = "svd",
-        ratio: float | None = None,
-        energy: float | None = None,
-        rank: int | str | None = None,
-        ranks: Mapping[str, int | Sequence[int]] | None = None,
-        round_to: int = 1,
-        skip: Sequence[str] = (),
-        min_macs_saving: float = 0.0,
-    ) -> None:
-        _check_rank_rule(method, ratio, energy, rank, ranks)
-        if not is_int(round_to) or round_to < 1:
-            raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
-        if isinstance(skip, str) or not all(isinstance(p, str) and p for p in skip):
-            raise ValueError(f"skip must be a list of module paths such as ['fc'], got {skip!r}")
-        if not (is_number(min_macs_saving) and 0 <= min_macs_saving < 1):
-            raise ValueError(f"min_macs_saving must be a number in [0, 1), got {min_macs_saving!r}")
-        self.method = method
-        self.ratio = None if ratio is None else float(ratio)
-        self.energy = None if energy is None else float(energy)
-        self.rank = rank
-        self.ranks = _checked_ranks(ranks)
-        self.round_to = round_to
-        self.skip = tuple(skip)
-        self.min_macs_saving = float(min_macs_saving)
+    class Options(Options):
+        method: Literal[tuple(METHODS)] = Field("svd", description="factorisation")
+        ratio: float | None = Field(None, gt=0, le=1, description="rank as a fraction")
+        energy: float | None = Field(
+            None, gt=0, le=1, description="keep this share of the singular-value energy"
+        )
+        rank: Annotated[int, Field(gt=0)] | Literal["vbmf"] | None = Field(
+            None, description="a fixed rank, or 'vbmf' (estimated)"
+        )
+        ranks: Annotated[dict[str, RankSpec], BeforeValidator(_pairs_as_tuples)] = Field(
+            default_factory=dict, description="per-layer ranks by module path"
+        )
+        round_to: int = Field(1, ge=1, description="ranks a multiple of this")
+        skip: Names = Field((), description="module paths left dense")
+        min_macs_saving: float = Field(
+            0.0, ge=0, lt=1, description="decompose only layers that save this share of MACs"
+        )
+
+        @model_validator(mode="after")
+        def _one_rank_rule(self) -> LowRank.Options:
+            _check_rank_rule(self.method, self.ratio, self.energy, self.rank, self.ranks)
+            return self
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
-        no_data = ctx.extras.get("calibration") is None and not ctx.example_inputs
-        if self.method == "pca" and no_data:
-            raise PassError(
-                self.name,
-                "method='pca' needs calibration data: pass PassContext(example_inputs, "
-                "extras={'calibration': [(x1,), (x2,), ...]}) or example inputs",
-            )
+        if self.method == "pca" and not ctx.example_inputs:
+            ctx.require(self.name, "calibration", purpose="method='pca'")
 
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
         self._check_names(gm)
@@ -169,7 +172,7 @@ class LowRank(Pass):
     def _calibrate(
         self, gm: GraphModule, ctx: PassContext, candidates: list[tuple[Layer, str]]
     ) -> dict:
-        data = ctx.extras.get("calibration")
+        data = ctx.calibration
         batches = input_batches(data, graph=gm) if data is not None else [ctx.example_inputs]
         targets = {layer.node: (1 if layer.kind == "conv" else -1) for layer, _ in candidates}
         if not targets:
@@ -216,7 +219,7 @@ class LowRank(Pass):
                     (
                         f"only {out_stats.count} output vectors on the calibration data for rank "
                         f"{plan.rank}: the covariance cannot determine the directions; give more "
-                        "calibration data (ctx.extras['calibration'])"
+                        "calibration data (ctx.calibration)"
                     ),
                 )
             )
@@ -269,15 +272,7 @@ def _layer_stats(plan: LayerPlan, fact: factorize.Factorization) -> dict:
 def _check_rank_rule(
     method: str, ratio: object, energy: object, rank: object, ranks: object
 ) -> None:
-    """Validate the method and the rank options together (ValueError naming the option)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if ratio is not None and not (is_number(ratio) and 0 < ratio <= 1):
-        raise ValueError(f"ratio must be a number in (0, 1], got {ratio!r}")
-    if energy is not None and not (is_number(energy) and 0 < energy <= 1):
-        raise ValueError(f"energy must be a number in (0, 1], got {energy!r}")
-    if rank is not None and rank != "vbmf" and not (is_int(rank) and rank > 0):
-        raise ValueError(f"rank must be an int > 0 or 'vbmf', got {rank!r}")
+    """The rank options together: at most one rule, and one that fits the method."""
     rules = (("ratio", ratio), ("energy", energy), ("rank", rank))
     given = [name for name, value in rules if value is not None]
     if len(given) > 1:
@@ -293,28 +288,3 @@ def _check_rank_rule(
             f"rank='vbmf' estimates matrix ranks (svd, tucker, spatial_svd), "
             f"not for method={method!r}; use ratio, energy or rank"
         )
-
-
-def _checked_ranks(ranks: Mapping[str, object] | None) -> dict[str, int | tuple[int, int]]:
-    if ranks is None:
-        return {}
-    if not isinstance(ranks, Mapping):
-        raise ValueError(f"ranks must map module paths to ranks, e.g. {{'fc': 64}}, got {ranks!r}")
-    checked: dict[str, int | tuple[int, int]] = {}
-    for path, value in ranks.items():
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"ranks keys must be module paths such as 'fc', got {path!r}")
-        if is_int(value) and value > 0:
-            checked[path] = int(value)
-        elif (
-            isinstance(value, Sequence)
-            and len(value) == 2
-            and all(is_int(v) and v > 0 for v in value)
-        ):
-            checked[path] = (int(value[0]), int(value[1]))
-        else:
-            raise ValueError(
-                f"ranks[{path!r}] must be an int > 0 (or an (R_out, R_in) pair for tucker), "
-                f"got {value!r}"
-            )
-    return checked

@@ -55,12 +55,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
+from pydantic import Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 from torch.fx import GraphModule
 
-from graphopt.checks import is_number
 from graphopt.errors import PassError
-from graphopt.ir import count_parameters, paused_gc, propagate_shapes
+from graphopt.ir import count_parameters, paused_gc, settle
+from graphopt.options import Names, Options
 from graphopt.passes.base import Pass, PassContext, PassResult, register_pass
 from graphopt.pruning.dependency import build_channel_graph
 from graphopt.pruning.groups import PruningGroup, build_groups
@@ -74,6 +77,7 @@ from graphopt.pruning.policy import (
     select_for_macs,
 )
 from graphopt.pruning.surgery import apply_removals
+from graphopt.pruning.units import UnitBook
 
 __all__ = ["PruneChannels", "StepCallback"]
 
@@ -87,69 +91,40 @@ class PruneChannels(Pass):
     name = "prune"
     exact = False
 
-    def __init__(
-        self,
-        *,
-        importance: str = "l2",
-        ratio: float | None = None,
-        target_macs: float | None = None,
-        round_to: int = 1,
-        min_channels: int = 1,
-        ignore: Sequence[str] = (),
-        aggregate: str = "mean",
-        steps: int = 1,
-        schedule_power: float = 1.0,
-        callback: StepCallback | None = None,
-        selection: str = "importance",
-    ) -> None:
-        if importance not in METHODS:
-            raise ValueError(f"importance must be one of {', '.join(METHODS)}, got {importance!r}")
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
-        if (ratio is None) == (target_macs is None):
-            raise ValueError(
-                "give exactly one of ratio (fraction of each group's channels to remove) and "
-                f"target_macs (fraction of MACs to keep); got ratio={ratio!r}, "
-                f"target_macs={target_macs!r}"
-            )
-        if ratio is not None and not (is_number(ratio) and 0 <= ratio < 1):
-            raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}")
-        if target_macs is not None and not (is_number(target_macs) and 0 < target_macs <= 1):
-            raise ValueError(f"target_macs must be a number in (0, 1], got {target_macs!r}")
-        for option, value in (("round_to", round_to), ("min_channels", min_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{option} must be an int >= 1, got {value!r}")
-        if isinstance(ignore, str) or not all(isinstance(p, str) and p for p in ignore):
-            raise ValueError(
-                f"ignore must be a list of module paths such as ['fc'], got {ignore!r}"
-            )
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"steps must be an int >= 1 (1: one-shot pruning), got {steps!r}")
-        if not (is_number(schedule_power) and 0 < schedule_power < math.inf):
-            raise ValueError(
-                f"schedule_power must be a number > 0 (1: linear, 3: Zhu & Gupta's cubic), "
-                f"got {schedule_power!r}"
-            )
-        if selection not in SELECTIONS:
-            raise ValueError(
-                f"selection must be one of {', '.join(SELECTIONS)} (how target_macs ranks "
-                f"removals), got {selection!r}"
-            )
-        if callback is not None and not callable(callback):
-            raise ValueError(
-                f"callback must be a callable (graph_module, step) -> None, got {callback!r}"
-            )
-        self.importance = importance
-        self.ratio = None if ratio is None else float(ratio)
-        self.target_macs = None if target_macs is None else float(target_macs)
-        self.round_to = round_to
-        self.min_channels = min_channels
-        self.ignore = tuple(ignore)
-        self.aggregate = aggregate
-        self.steps = steps
-        self.schedule_power = float(schedule_power)
-        self.callback = callback
-        self.selection = selection
+    class Options(Options):
+        importance: Literal[tuple(METHODS)] = Field("l2", description="channel score")
+        ratio: float | None = Field(
+            None, ge=0, lt=1, description="fraction of each group's channels to remove"
+        )
+        target_macs: float | None = Field(
+            None, gt=0, le=1, description="fraction of the MACs to keep (global ranking)"
+        )
+        round_to: int = Field(1, ge=1, description="keep channel counts a multiple of this")
+        min_channels: int = Field(1, ge=1, description="never leave a group below this")
+        ignore: Names = Field((), description="module paths whose channels stay")
+        aggregate: Literal[tuple(AGGREGATES)] = Field(
+            "mean", description="how a group's members' scores combine"
+        )
+        steps: int = Field(1, ge=1, description="1: one-shot; k > 1: k iterative steps")
+        schedule_power: float = Field(
+            1.0, gt=0, description="iterative schedule (1 linear, 3 Zhu & Gupta's cubic)"
+        )
+        callback: SkipJsonSchema[StepCallback | None] = Field(  # Python only, not recipes
+            None, description="(graph_module, step) -> None between steps (e.g. fine-tuning)"
+        )
+        selection: Literal[tuple(SELECTIONS)] = Field(
+            "importance", description="how target_macs ranks removals"
+        )
+
+        @model_validator(mode="after")
+        def _one_target(self) -> PruneChannels.Options:
+            if (self.ratio is None) == (self.target_macs is None):
+                raise ValueError(
+                    "give exactly one of ratio (fraction of each group's channels to remove) "
+                    f"and target_macs (fraction of MACs to keep); got ratio={self.ratio!r}, "
+                    f"target_macs={self.target_macs!r}"
+                )
+            return self
 
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
         state: _State | None = None
@@ -170,13 +145,8 @@ class PruneChannels(Pass):
                 self._settle(gm, ctx, step)
             if self.callback is not None:  # fine-tuning may run here: the collector is on
                 self.callback(gm, step)
-        plan = PruningPlan.for_groups(
-            state.groups,
-            state.removed,
-            ignore=self.ignore,
-            source=gm.meta.get("graphopt_source_class", ""),
-        )
-        stats = _stats(state.groups, plan, state, cost, params)
+        plan = state.book.plan(ignore=self.ignore, source=gm.meta.get("graphopt_source_class", ""))
+        stats = _stats(plan, state, cost, params)
         return PassResult(gm, bool(plan.removals), stats)
 
     def _step(self, gm: GraphModule, ctx: PassContext, state: _State | None, step: int):
@@ -224,8 +194,9 @@ class PruneChannels(Pass):
         opts = {"round_to": self.round_to, "min_channels": self.min_channels}
         if self.ratio is not None:
             ratio = self.ratio * share
+            book = state.book
             counts = {
-                g.id: max(0, math.floor(ratio * state.units[g.id] + 1e-9) - state.units_gone(g))
+                g.id: max(0, math.floor(ratio * book.original_units(g.id) + 1e-9) - book.gone(g.id))
                 for g in groups
             }
             removals = select_by_count(groups, scores, counts, **opts)
@@ -253,29 +224,16 @@ class PruneChannels(Pass):
 
     def _settle(self, gm: GraphModule, ctx: PassContext, step: int) -> None:
         """Recompile and re-propagate shapes: the next step and the callback need them."""
-        try:
-            gm.graph.lint()
-            gm.recompile()
-            propagate_shapes(gm, tuple(ctx.example_inputs))
-        except Exception as exc:
-            raise PassError(
-                self.name, f"step {step} of {self.steps} left a graph that does not run: {exc}"
-            ) from exc
+        settle(gm, ctx.example_inputs, who=f"{self.name} (step {step} of {self.steps})")
 
 
 @dataclass
 class _State:
-    """What iterative pruning carries between steps, in the original unit numbering.
-
-    ``alive[g]`` lists the original units of group ``g`` still in the graph, in the order of
-    the current graph's unit numbers: surgery keeps the survivors' channel order and groups
-    number units by first appearance, so a survivor keeps its rank.
+    """What iterative pruning carries between steps; ``book`` maps each step's unit numbers
+    back to the original model's (``graphopt.pruning.units``), so the plan replays in one shot.
     """
 
-    groups: tuple[PruningGroup, ...]
-    units: dict[str, int]
-    alive: dict[str, list[int]]
-    removed: dict[str, list[int]]
+    book: UnitBook
     macs: float
     params: int
     fallbacks: list[str]
@@ -284,56 +242,46 @@ class _State:
     @classmethod
     def start(cls, groups: Sequence[PruningGroup], cost: CostModel) -> _State:
         return cls(
-            groups=tuple(groups),
-            units={g.id: g.num_units for g in groups},
-            alive={g.id: list(range(g.num_units)) for g in groups},
-            removed={},
+            book=UnitBook.start(groups),
             macs=cost.original,
             params=cost.params,
             fallbacks=[],
             history=[],
         )
 
-    def units_gone(self, group: PruningGroup) -> int:
-        return self.units[group.id] - group.num_units
+    @property
+    def groups(self) -> tuple[PruningGroup, ...]:
+        """The groups of the unpruned graph (the plan's numbering)."""
+        return self.book.groups
 
     def check_groups(self, name: str, groups: Sequence[PruningGroup], step: int) -> None:
         """The groups of a pruned graph must be the original ones, with fewer units."""
-        found = {g.id: g.num_units for g in groups}
-        expected = {gid: len(alive) for gid, alive in self.alive.items()}
-        if found != expected:
-            changed = sorted(set(found.items()) ^ set(expected.items()))[0][0]
+        mismatch = self.book.mismatch(groups)
+        if mismatch is not None:
             raise PassError(
                 name,
-                f"step {step}: group {changed!r} has {found.get(changed)} units, expected "
-                f"{expected.get(changed)}; the graph changed between steps other than by "
+                f"step {step}: {mismatch}; the graph changed between steps other than by "
                 "pruning (a callback may fine-tune weights, but not change layers)",
             )
 
     def record(self, removals: dict, fallbacks: list[str]) -> None:
-        for gid, units in removals.items():
-            alive, gone = self.alive[gid], set(units)
-            self.removed.setdefault(gid, []).extend(alive[u] for u in units)
-            self.alive[gid] = [a for u, a in enumerate(alive) if u not in gone]
+        self.book.record(removals)
         self.fallbacks.extend(f for f in fallbacks if f not in self.fallbacks)
 
 
-def _stats(groups, plan: PruningPlan, state: _State, cost: CostModel, params: int) -> dict:
-    by_id = {g.id: g for g in groups}
-    channels = sum(by_id[gid].widths[u] for gid, units in plan.removals.items() for u in units)
+def _stats(plan: PruningPlan, state: _State, cost: CostModel, params: int) -> dict:
+    groups = state.groups
     return {
         "groups": len(groups),
         "pruned_groups": len(plan.removals),
         "units_removed": plan.units_removed,
-        "channels_removed": channels,
+        "channels_removed": state.book.channels_removed(),
         "macs_before": round(state.macs),
         "macs_after": round(cost.total),
         "params_before": state.params,
         "params_after": params,
         "steps": len(state.history),
-        "frozen": [
-            {"group": g.id, "reason": "; ".join(g.frozen_reasons)} for g in groups if g.frozen
-        ],
+        "frozen": state.book.frozen(),
         "partially_frozen": [
             {
                 "group": g.id,

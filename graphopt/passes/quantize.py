@@ -12,7 +12,7 @@
   against the float graph reaches ``min_cosine`` (``graphopt.quant.sensitivity``).
 - ``fp16``: float16 weight storage, float32 compute (``graphopt.quant.fp16``).
 
-Calibration data is required for int8 and mixed: ``ctx.extras["calibration"]`` (an iterable
+Calibration data is required for int8 and mixed: ``ctx.calibration`` (an iterable
 of input tuples, e.g. from the recipe's ``data:``), cut at ``calibration["samples"]``; or the
 example inputs with ``calibration: {source: example_inputs}``. Observers: ``minmax``,
 ``moving_average``, ``percentile``, ``entropy``, ``mse`` (``graphopt.quant.observers``).
@@ -32,16 +32,16 @@ table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
 from torch import Tensor
 from torch.fx import GraphModule
 
-from graphopt.checks import is_int, is_number
 from graphopt.data import input_batches
 from graphopt.errors import PassError
+from graphopt.options import Names, Options
 from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, register_pass
 from graphopt.passes.fold_batchnorm import FoldBatchNorm
 from graphopt.quant.calibrate import take_samples
@@ -57,8 +57,14 @@ from graphopt.quant.sensitivity import choose_float_layers, layer_sensitivity
 __all__ = ["Quantize"]
 
 SCHEMES = ("int8", "mixed", "fp16")
-_CALIBRATION_KEYS = {"samples", "source"}
 _SOURCES = ("data", "example_inputs")
+
+
+class CalibrationOptions(Options):
+    """``calibration: {samples: 128, source: data}`` — how many samples, from where."""
+
+    samples: int = Field(128, ge=1, description="calibration samples")
+    source: Literal[_SOURCES] = Field("data", description="data (the task's) or example_inputs")
 
 
 @register_pass
@@ -68,60 +74,32 @@ class Quantize(Pass):
     name = "quantize"
     exact = False
 
-    def __init__(
-        self,
-        *,
-        scheme: str = "int8",
-        activations: str = "uint8",
-        observer: str = "minmax",
-        percentile: float = 99.99,
-        calibration: Mapping[str, Any] | None = None,
-        skip: Sequence[str] = (),
-        min_cosine: float = 0.999,
-        sensitivity: bool = False,
-        sensitivity_samples: int = 32,
-        progress: bool = True,
-    ) -> None:
-        if scheme not in SCHEMES:
-            raise ValueError(f"scheme must be one of {list(SCHEMES)}, got {scheme!r}")
-        if activations not in ACTIVATION_DTYPES:
-            raise ValueError(
-                f"activations must be one of {sorted(ACTIVATION_DTYPES)}, got {activations!r}"
-            )
-        if observer not in OBSERVERS:
-            raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
-        if not (is_number(percentile) and 50 < percentile <= 100):
-            raise ValueError(f"percentile must be a number in (50, 100], got {percentile!r}")
-        if not (is_number(min_cosine) and 0 < min_cosine <= 1):
-            raise ValueError(f"min_cosine must be a number in (0, 1], got {min_cosine!r}")
-        if isinstance(skip, str) or not all(isinstance(s, str) and s for s in skip):
-            raise ValueError(f"skip must be a list of module paths or types, got {skip!r}")
-        if not (is_int(sensitivity_samples) and sensitivity_samples >= 1):
-            raise ValueError(
-                f"sensitivity_samples must be an int >= 1, got {sensitivity_samples!r}"
-            )
-        self.scheme = scheme
-        self.activations = activations
-        self.observer = observer
-        self.percentile = float(percentile)
-        self.calibration = _checked_calibration(calibration)
-        self.skip = tuple(skip)
-        self.min_cosine = float(min_cosine)
-        self.sensitivity = bool(sensitivity)
-        self.sensitivity_samples = sensitivity_samples
-        self.progress = bool(progress)
+    class Options(Options):
+        scheme: Literal[SCHEMES] = Field("int8", description="int8, mixed (some float), fp16")
+        activations: Literal[tuple(sorted(ACTIVATION_DTYPES))] = Field(
+            "uint8", description="activation dtype (uint8: ORT's U8S8 kernels)"
+        )
+        observer: Literal[tuple(sorted(OBSERVERS))] = Field(
+            "minmax", description="how calibration ranges are chosen"
+        )
+        percentile: float = Field(99.99, gt=50, le=100, description="for observer: percentile")
+        calibration: CalibrationOptions = Field(
+            default_factory=lambda: CalibrationOptions(), description="samples and source"
+        )
+        skip: Names = Field((), description="module paths, path prefixes or types left float")
+        min_cosine: float = Field(0.999, gt=0, le=1, description="scheme mixed: output cosine")
+        sensitivity: bool = Field(False, description="measure per-layer int8 sensitivity")
+        sensitivity_samples: int = Field(32, ge=1, description="samples for sensitivity")
+        progress: bool = Field(True, description="show calibration progress")
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
-        if self.scheme == "fp16" or self.calibration["source"] == "example_inputs":
+        if self.scheme == "fp16" or self.calibration.source == "example_inputs":
             return
-        if ctx.extras.get("calibration") is None:
-            raise PassError(
-                self.name,
-                f"scheme {self.scheme!r} needs calibration data and none was given: add a "
-                "`data:` to the recipe (a task with calibration batches), pass "
-                "PassContext(extras={'calibration': [(x1,), (x2,), ...]}), or calibrate on "
-                "the example inputs with calibration: {source: example_inputs}",
-            )
+        ctx.require(
+            self.name,
+            "calibration",
+            purpose=f"scheme {self.scheme!r} (or calibration: {{source: example_inputs}})",
+        )
 
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
         if is_quantized(gm):
@@ -183,32 +161,14 @@ class Quantize(Pass):
 
     def _batches(self, ctx: PassContext) -> list[tuple[Tensor, ...]]:
         source = (
-            [ctx.example_inputs]
-            if self.calibration["source"] == "example_inputs"
-            else ctx.extras["calibration"]
+            [ctx.example_inputs] if self.calibration.source == "example_inputs" else ctx.calibration
         )
         try:
             batches = list(
-                take_samples(input_batches(source, ctx.example_inputs), self.calibration["samples"])
+                take_samples(input_batches(source, ctx.example_inputs), self.calibration.samples)
             )
         except TypeError as exc:
             raise PassError(self.name, f"bad calibration data: {exc}") from exc
         if not batches:
             raise PassError(self.name, "the calibration data yielded no batches")
         return batches
-
-
-def _checked_calibration(calibration: Mapping[str, Any] | None) -> dict[str, Any]:
-    options = dict(calibration or {})
-    unknown = sorted(set(options) - _CALIBRATION_KEYS)
-    if unknown:
-        raise ValueError(
-            f"calibration has no key {unknown[0]!r}; its keys: {sorted(_CALIBRATION_KEYS)}"
-        )
-    samples = options.get("samples", 128)
-    if not (is_int(samples) and samples >= 1):
-        raise ValueError(f"calibration samples must be an int >= 1, got {samples!r}")
-    source = options.get("source", "data")
-    if source not in _SOURCES:
-        raise ValueError(f"calibration source must be one of {list(_SOURCES)}, got {source!r}")
-    return {"samples": samples, "source": source}

@@ -9,9 +9,9 @@ student (a pruned layer), or that has no single output in the graph, is refused 
 reason rather than projected: a learned projection would add parameters the deployed model
 does not have, and the logit term already carries the teacher's knowledge.
 
-Inputs from ``ctx.extras``: ``"teacher"`` (the original ``nn.Module``, required, never
-modified), ``"train"`` (a re-iterable of ``(inputs, labels)``, required; labels may be None)
-and ``"validate"``, else ``"evaluate"`` (optional ``callable(model) -> float | {name: float}``;
+Inputs from the context: ``ctx.teacher`` (the original ``nn.Module``, required, never
+modified), ``ctx.train`` (a re-iterable of ``(inputs, labels)``, required; labels may be None)
+and ``ctx.validate``, else ``ctx.evaluate`` (optional ``callable(model) -> float | {name: float}``;
 a task's ``validate`` scores held-out non-test data, so choosing the best checkpoint never
 optimises the test metric the report shows).
 
@@ -34,9 +34,6 @@ stopped early (a non-finite loss), seconds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torch import nn
 from torch.fx import GraphModule
 
 from graphopt.errors import PassError
@@ -53,89 +50,20 @@ class Recover(Pass):
     name = "recover"
     exact = False
 
-    def __init__(
-        self,
-        *,
-        steps: int | None = None,
-        epochs: float | None = None,
-        lr: float = 1e-3,
-        optimizer: str = "adam",
-        weight_decay: float = 0.0,
-        temperature: float = 4.0,
-        alpha: float = 0.5,
-        features: Sequence[str] = (),
-        feature_weight: float = 1.0,
-        metric: str | None = None,
-        mode: str = "max",
-        eval_every: int | None = None,
-        bn: str = "train",
-        seed: int = 0,
-    ) -> None:
-        config = DistillConfig(
-            steps=steps,
-            epochs=epochs,
-            lr=lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            temperature=temperature,
-            alpha=alpha,
-            features=features,
-            feature_weight=feature_weight,
-            metric=metric,
-            mode=mode,
-            eval_every=eval_every,
-            bn=bn,
-            seed=seed,
-        )
-        self.steps = config.steps
-        self.epochs = None if config.epochs is None else float(config.epochs)
-        self.lr = float(config.lr)
-        self.optimizer = config.optimizer
-        self.weight_decay = float(config.weight_decay)
-        self.temperature = float(config.temperature)
-        self.alpha = float(config.alpha)
-        self.features = config.features
-        self.feature_weight = float(config.feature_weight)
-        self.metric = config.metric
-        self.mode = config.mode
-        self.eval_every = config.eval_every
-        self.bn = config.bn
-        self.seed = config.seed
+    Options = DistillConfig
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
-        teacher = ctx.extras.get("teacher")
-        if teacher is None:
-            raise PassError(
-                self.name,
-                "needs the original model as ctx.extras['teacher'] (the runner sets it from the "
-                "recipe's model); pass PassContext(inputs, extras={'teacher': model, ...})",
-            )
-        if not isinstance(teacher, nn.Module):
-            raise PassError(
-                self.name,
-                f"ctx.extras['teacher'] must be a torch.nn.Module, got {type(teacher).__name__}",
-            )
-        if ctx.extras.get("train") is None:
-            raise PassError(
-                self.name,
-                "needs training data as ctx.extras['train']: a re-iterable of (inputs, labels) "
-                "batches (labels may be None); give a recipe `data:` whose TaskData has train",
-            )
-        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
-        if evaluate is not None and not callable(evaluate):
-            raise PassError(
-                self.name,
-                f"ctx.extras['evaluate'] must be a callable(model) -> float | dict, got "
-                f"{type(evaluate).__name__}",
-            )
+        ctx.require(self.name, "teacher", "train")
+        if ctx.scorer is not None:
+            ctx.require(self.name, "validate" if ctx.validate is not None else "evaluate")
 
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
-        evaluate = ctx.extras.get("validate") or ctx.extras.get("evaluate")
+        evaluate = ctx.scorer
         try:
             model, history = distill(
                 gm,
-                ctx.extras["teacher"],
-                ctx.extras["train"],
+                ctx.teacher,
+                ctx.train,
                 evaluate=evaluate,
                 **self.options(),
             )
@@ -148,6 +76,6 @@ class Recover(Pass):
                 "in graphopt.quant.qat.to_deployable",
             )
         stats = history.as_dict()
-        if ctx.extras.get("validate") is not None:  # say which data chose the checkpoint
+        if ctx.validate is not None:  # say which data chose the checkpoint
             stats["criterion"] = str(stats["criterion"]).replace("evaluate", "validate", 1)
         return PassResult(model, modified=history.improved, stats=stats)

@@ -26,8 +26,9 @@ of coupled layers (a ResNet stage's residual channels are one candidate).
 
 Each candidate is the current graph copied and cut with the pruning package's surgery; the
 groups and importances are recomputed on the current graph every iteration (so they follow
-fine-tuned weights), and removals are mapped back to the original unit numbering, so the result
-is a ``PruningPlan`` that replays on a fresh trace (without the fine-tuned weights).
+fine-tuned weights), and removals are mapped back to the original unit numbering (the
+``graphopt.pruning.units.UnitBook`` the ``prune`` pass keeps too), so the result is a
+``PruningPlan`` that replays on a fresh trace (without the fine-tuned weights).
 The resource comes from ``cost_fn(configuration, build, macs)``: the configuration key of
 ``graphopt.search.latency_cache``, a builder of the candidate (shapes propagated) that is only
 called when the resource must be measured, and the candidate's MACs predicted by the pruning
@@ -54,6 +55,7 @@ from graphopt.pruning.importance import compute_importance
 from graphopt.pruning.plan import PruningPlan
 from graphopt.pruning.policy import CostModel, removal_order, valid_removals
 from graphopt.pruning.surgery import apply_removals
+from graphopt.pruning.units import UnitBook, channels_of
 from graphopt.search.latency_cache import Configuration, configuration
 
 __all__ = [
@@ -123,7 +125,7 @@ def search(
 ) -> SearchResult:
     """Run NetAdapt from ``gm`` (left unchanged: candidates are copies)."""
     groups0 = build_groups(build_channel_graph(gm, ignore=options.ignore))
-    units = _Units.start(groups0)
+    book = UnitBook.start(groups0)
     macs0 = CostModel(gm, groups0).original
     cost0 = cost_fn(configuration(groups0), lambda: gm, macs0)
     metric0 = score_fn(gm)
@@ -141,7 +143,12 @@ def search(
         iteration = len(trace) + 1
         aim = max(goal, here.cost - step * cost0)
         groups = build_groups(build_channel_graph(here.gm, ignore=options.ignore))
-        units.check(groups, iteration)
+        mismatch = book.mismatch(groups)
+        if mismatch is not None:
+            raise GraphoptError(
+                f"iteration {iteration}: {mismatch}; the groups changed other than by pruning "
+                "(a fine-tune may change weights, but not layers)"
+            )
         tried = _candidates(here, groups, aim, cost_fn, score_fn, options, example_inputs, finetune)
         candidates.extend(_record(iteration, p.group, p, cost0, macs0, options.kind) for p in tried)
         best = max(tried, key=_Point.key, default=None)
@@ -149,18 +156,13 @@ def search(
             stop = "exhausted"
             break
         _settle(best.gm, example_inputs)
-        units.record(best.group, best.units)
+        book.record({best.group.id: best.units})
         here = best
         chosen.append(_record(iteration, best.group, best, cost0, macs0, options.kind))
         trace.append({**chosen[-1], "aim": aim / cost0, "step": step, "candidates": len(tried)})
         step *= options.step_decay
     met = here.cost <= goal
-    plan = PruningPlan.for_groups(
-        groups0,
-        units.removed,
-        ignore=options.ignore,
-        source=gm.meta.get("graphopt_source_class", ""),
-    )
+    plan = book.plan(ignore=options.ignore, source=gm.meta.get("graphopt_source_class", ""))
     return SearchResult(
         graph_module=here.gm,
         plan=plan,
@@ -172,13 +174,11 @@ def search(
         macs_after=here.macs,
         metric_before=metric0,
         metric_after=here.metric,
-        channels=units.table(groups0),
+        channels=book.channels(),
         trace=trace,
         candidates=candidates,
         chosen=chosen,
-        frozen=[
-            {"group": g.id, "reason": "; ".join(g.frozen_reasons)} for g in groups0 if g.frozen
-        ],
+        frozen=book.frozen(),
     )
 
 
@@ -367,54 +367,6 @@ def _settle(gm: GraphModule, inputs: Sequence[torch.Tensor]) -> None:
     propagate_shapes(gm, tuple(inputs))
 
 
-@dataclass
-class _Units:
-    """Original unit numbers still alive per group, in the current graph's unit order.
-
-    Surgery keeps the survivors' order and groups number units by first appearance, so a
-    surviving unit keeps its rank: current unit ``u`` is original unit ``alive[g][u]``.
-    """
-
-    alive: dict[str, list[int]]
-    removed: dict[str, list[int]]
-
-    @classmethod
-    def start(cls, groups: Sequence[PruningGroup]) -> _Units:
-        return cls({g.id: list(range(g.num_units)) for g in groups}, {})
-
-    def check(self, groups: Sequence[PruningGroup], iteration: int) -> None:
-        found = {g.id: g.num_units for g in groups}
-        expected = {gid: len(alive) for gid, alive in self.alive.items()}
-        if found != expected:
-            raise GraphoptError(
-                f"iteration {iteration}: the groups changed other than by pruning (found "
-                f"{len(found)} groups, expected {len(expected)}); a fine-tune may change "
-                "weights, but not layers"
-            )
-
-    def record(self, group: PruningGroup, units: Sequence[int]) -> None:
-        alive, gone = self.alive[group.id], set(units)
-        self.removed.setdefault(group.id, []).extend(alive[u] for u in units)
-        self.alive[group.id] = [a for u, a in enumerate(alive) if u not in gone]
-
-    def table(self, groups0: Sequence[PruningGroup]) -> list[dict[str, Any]]:
-        """Per prunable group: channels before → after and the ratio kept."""
-        rows = []
-        for g in groups0:
-            if g.frozen:
-                continue
-            after = sum(g.widths[u] for u in self.alive[g.id])
-            rows.append(
-                {
-                    "group": g.id,
-                    "before": g.channels,
-                    "after": after,
-                    "ratio": round(after / g.channels, 4),
-                }
-            )
-        return rows
-
-
 def _record(
     iteration: int, group: PruningGroup | None, p: _Point, cost0: float, macs0: float, kind: str
 ) -> dict[str, Any]:
@@ -422,7 +374,7 @@ def _record(
     if group is not None:
         row["units_removed"] = len(p.units)
         row["channels_before"] = group.channels
-        row["channels_after"] = group.channels - sum(group.widths[u] for u in p.units)
+        row["channels_after"] = group.channels - channels_of(group, p.units)
     row["macs"] = round(p.macs / max(macs0, 1e-12), 6)
     if kind == "latency":
         row["latency"] = round(p.cost / cost0, 6)

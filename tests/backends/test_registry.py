@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 from graphopt.backends import available_backends, get_backend, known_backends
 from graphopt.backends.base import Backend
@@ -35,9 +36,20 @@ def test_tvm_is_loaded_lazily_by_name() -> None:
     assert type(backend).__module__ == "graphopt.backends.tvm"
 
 
-def test_tvm_module_missing_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "graphopt.backends.tvm", None)
+def test_missing_tvm_runtime_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tvm", None)  # makes `import tvm` raise ImportError
+    assert "tvm" not in available_backends()
+    backend = get_backend("tvm")  # the backend's options need no TVM; compiling does
     with pytest.raises(BackendUnavailableError, match="tvm"):
+        backend.compile(torch.nn.Linear(2, 2), (torch.randn(1, 2),))
+
+
+def test_a_broken_graphopt_tvm_module_raises_instead_of_reading_as_unavailable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # graphopt's own modules are not optional: an import bug there must surface as itself
+    monkeypatch.setitem(sys.modules, "graphopt.backends.tvm", None)
+    with pytest.raises(ImportError, match=r"graphopt\.backends\.tvm"):
         get_backend("tvm")
 
 

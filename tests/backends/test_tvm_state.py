@@ -1,6 +1,7 @@
 """The TVM tuning state file: concurrent runs sharing a work dir never collide or corrupt it.
 
-Only the writer is tested here; it needs no TVM (``graphopt.backends.tvm`` imports it lazily).
+Only the writer is tested here; it needs no TVM (``graphopt.backends.tvm.tuning`` imports it
+lazily).
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ import json
 import threading
 from pathlib import Path
 
-from graphopt.backends import tvm as tvm_backend
+from graphopt.backends.tvm import tuning
 
 
 def test_state_round_trips_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     state = {"trials": 64, "target": "llvm", "tasks": ["a", "b"]}
-    tvm_backend._write_state(tmp_path, state)
-    assert tvm_backend._read_state(tmp_path) == state
-    assert [p.name for p in tmp_path.iterdir()] == [tvm_backend._STATE_FILE]
+    tuning._write_state(tmp_path, state)
+    assert tuning._read_state(tmp_path) == state
+    assert [p.name for p in tmp_path.iterdir()] == [tuning._STATE_FILE]
 
 
 def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
@@ -28,7 +29,7 @@ def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
         try:
             for r in range(rounds):
                 barrier.wait()
-                tvm_backend._write_state(tmp_path, {"trials": i, "round": r, "pad": "x" * 4096})
+                tuning._write_state(tmp_path, {"trials": i, "round": r, "pad": "x" * 4096})
         except BaseException as exc:  # a fixed temp name fails here: renamed away by another
             errors.append(exc)
             barrier.abort()
@@ -39,6 +40,6 @@ def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    final = json.loads((tmp_path / tvm_backend._STATE_FILE).read_text())
+    final = json.loads((tmp_path / tuning._STATE_FILE).read_text())
     assert final["round"] == rounds - 1 and 0 <= final["trials"] < writers
-    assert [p.name for p in tmp_path.iterdir()] == [tvm_backend._STATE_FILE]
+    assert [p.name for p in tmp_path.iterdir()] == [tuning._STATE_FILE]

@@ -68,8 +68,8 @@ def test_missing_inputs_are_pass_errors_naming_the_key(
     teacher: nn.Module, example: tuple, missing: str
 ) -> None:
     ctx = _context(teacher, example)
-    del ctx.extras[missing]
-    with pytest.raises(PassError, match=rf"\[recover\].*extras\['{missing}'\]"):
+    setattr(ctx, missing, None)
+    with pytest.raises(PassError, match=rf"\[recover\] needs ctx\.{missing}"):
         Recover(steps=1).run(trace(teacher, example), ctx)
 
 

@@ -169,7 +169,7 @@ def test_a_module_called_twice_is_refused_with_the_reason() -> None:
     ("kwargs", "error", "match"),
     [
         ({"features": ["nope"]}, ValueError, "features entry 'nope'"),
-        ({"lr": 0}, ValueError, "lr must"),
+        ({"lr": 0}, ValueError, "lr: must be a number > 0"),
         ({"steps": 2, "epochs": 1}, ValueError, "steps or epochs"),
         ({"metric": "f1"}, ValueError, "metric 'f1'"),
     ],

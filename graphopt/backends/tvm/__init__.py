@@ -1,0 +1,113 @@
+"""TVM backend: torch.export → Relax → (optionally MetaSchedule-tuned) LLVM → Relax VM.
+
+``TVMBackend.compile`` is the pipeline, one named step from each module:
+
+1. ``lower.export``: ``torch.export`` with the example's static shapes, QDQ ops in plain ATen;
+2. ``lower.to_relax``: the Relax module, parameters bound as constants;
+3. ``lower.prepare``: decompose, legalize and fuse, as MetaSchedule's own pipeline does;
+4. with ``trials``: ``tuning.tune_cached`` into an on-disk database keyed by the module's
+   structure, target and TVM version, then ``tuning.apply_database`` (tuned schedules,
+   pre-packed weights);
+5. ``runtime.build``: ``tvm.compile`` for the host CPU (``target``) and a ``relax.VirtualMachine``.
+
+Why tuning is part of the backend: untuned, TVM 0.27 leaves conv and matmul as naive loops, so
+untuned numbers are only good for checking numerics; ``trials > 0`` runs MetaSchedule and the
+report says which one it was (``info["tuned"]``). TVM itself is imported only inside
+``compile`` (``runtime.import_tvm``): importing this package never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graphopt.backends.tvm.lower import export, prepare, to_relax
+from graphopt.backends.tvm.runtime import TVMCompiledModel, build, import_tvm
+from graphopt.backends.tvm.target import (
+    default_threads,
+    describe_target,
+    reserve_runtime_threads,
+    resolve_target,
+)
+from graphopt.backends.tvm.tuning import (
+    apply_database,
+    cache_key,
+    check_tuning_dependencies,
+    default_cache_root,
+    tune_cached,
+)
+from graphopt.capture import as_input_tuple
+from graphopt.errors import BackendError, RecipeError
+
+__all__ = ["TVMBackend", "TVMCompiledModel", "default_cache_root"]
+
+_UNTUNED_NOTE = (
+    "untuned: TVM's default CPU pipeline leaves conv/matmul as naive loops; "
+    "latency is not representative, pass trials > 0 to tune"
+)
+
+
+class TVMBackend:
+    """Compile a module with TVM Relax for the host CPU, tuned with MetaSchedule on request.
+
+    ``trials`` is the MetaSchedule budget summed over all tasks (0: no tuning, numerics only).
+    ``cache_dir`` replaces the cache root (``default_cache_root()``); each model structure and
+    target gets its own ``<key>/`` folder below it. ``target`` is a TVM target as a kind name
+    (``"llvm"``), a JSON object string, or the old ``"llvm -mcpu=..."`` form; None means the
+    host CPU with its real ``mcpu``. ``threads`` is the runtime (and tuning) thread count;
+    None means the physical cores.
+    """
+
+    name = "tvm"
+
+    def __init__(
+        self,
+        *,
+        trials: int = 0,
+        cache_dir: str | Path | None = None,
+        target: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
+            raise RecipeError(f"TVMBackend option 'trials' must be an int >= 0, got {trials!r}")
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise RecipeError(
+                f"TVMBackend option 'threads' must be an int >= 1 or None, got {threads!r}"
+            )
+        if target is not None and not (isinstance(target, str) and target.strip()):
+            raise RecipeError(
+                f"TVMBackend option 'target' must be a non-empty string or None, got {target!r}"
+            )
+        self.trials = trials
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.target = target
+        self.threads = threads
+
+    def compile(
+        self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
+    ) -> TVMCompiledModel:
+        tvm, relax = import_tvm()
+        if self.trials > 0:
+            check_tuning_dependencies()
+        inputs = as_input_tuple(example_inputs, error=BackendError)
+        threads = self.threads or default_threads()
+        reserve_runtime_threads(threads)
+        target = resolve_target(tvm, self.target, threads)
+        mod = to_relax(export(model, inputs))
+        key = cache_key(tvm, mod, target)
+        with target:
+            prepared = prepare(tvm, relax, mod, for_tuning=self.trials > 0)
+        info: dict[str, Any] = {"target": json.dumps(describe_target(target)), "threads": threads}
+        if self.trials > 0:
+            work_dir = (self.cache_root or default_cache_root()) / key
+            info.update(tune_cached(tvm, prepared, target, work_dir, self.trials, threads))
+            prepared = apply_database(tvm, relax, prepared, target, work_dir)
+        else:
+            info.update(tuned=False, trials=0, note=_UNTUNED_NOTE)
+        return build(tvm, relax, prepared, target, inputs, info, threads)
