@@ -29,7 +29,15 @@ from pydantic.fields import FieldInfo
 
 from graphopt.errors import RecipeError
 
-__all__ = ["Names", "OptionError", "Options", "describe_field", "parse_options", "type_text"]
+__all__ = [
+    "Configurable",
+    "Names",
+    "OptionError",
+    "Options",
+    "describe_field",
+    "parse_options",
+    "type_text",
+]
 
 
 class OptionError(RecipeError, ValueError):
@@ -64,6 +72,27 @@ class Options(BaseModel):
         protected_namespaces=(),
     )
     owner: ClassVar[str] = "options"  # the pass or backend name, for messages
+
+
+class Configurable:
+    """A pass or backend built from keyword options declared as its ``Options`` model.
+
+    ``__init__(**options)`` validates them (an ``OptionError`` naming ``name.option``) and sets
+    each as an attribute, so a body reads ``self.ratio``; ``options()`` gives them back with
+    every default filled in, which is what a recipe "as run" records.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[Options]]
+
+    def __init__(self, **options: Any) -> None:
+        self.opts = parse_options(self.Options, options, where=self.name)
+        for key in type(self.opts).model_fields:
+            setattr(self, key, getattr(self.opts, key))
+
+    def options(self) -> dict[str, Any]:
+        """Every option of this instance, defaults included."""
+        return self.opts.model_dump()
 
 
 def parse_options(

@@ -23,7 +23,6 @@ Everything is validated when loaded, so a typo fails before any work starts.
 
 from __future__ import annotations
 
-import inspect
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -92,7 +91,10 @@ class Recipe:
         ]
 
     def build_backends(self) -> list[Any]:
-        return [get_backend(step.name, **step.options) for step in self.backends]
+        return [
+            get_backend(step.name, where=f"backends[{i}].{step.name}", **step.options)
+            for i, step in enumerate(self.backends)
+        ]
 
     def with_requirements(self, extra: Sequence[str]) -> Recipe:
         """This recipe with ``--require`` conditions added (validated like the recipe's)."""
@@ -112,7 +114,7 @@ class Recipe:
             "seed": self.seed,
             "passes": [{p.name: p.options()} for p in self.build_passes()],
             "backends": [
-                {step.name: _with_defaults(backend, step.options)}
+                {step.name: backend.options()}
                 for step, backend in zip(self.backends, self.build_backends(), strict=True)
             ],
             "benchmark": {"warmup": self.warmup, "runs": self.runs},
@@ -121,16 +123,6 @@ class Recipe:
             "output": str(self.output),
             "require": [str(r) for r in self.require],
         }
-
-
-def _with_defaults(backend: object, options: dict[str, Any]) -> dict[str, Any]:
-    parameters = inspect.signature(type(backend).__init__).parameters.values()
-    defaults = {
-        p.name: p.default
-        for p in parameters
-        if p.name != "self" and p.default is not inspect.Parameter.empty
-    }
-    return {**defaults, **options}
 
 
 def _may_evaluate(data: str | None) -> bool:

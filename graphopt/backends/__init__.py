@@ -9,12 +9,12 @@ in a recipe fails at load time rather than being silently ignored.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from graphopt.backends.base import Backend
 from graphopt.errors import RecipeError
+from graphopt.options import parse_options
 
 __all__ = ["available_backends", "get_backend", "known_backends"]
 
@@ -63,8 +63,9 @@ def available_backends() -> list[str]:
     return names
 
 
-def get_backend(name: str, **options: Any) -> Backend:
-    """Build backend ``name`` (or an alias, e.g. ``ort``) with keyword ``options``."""
+def get_backend(name: str, *, where: str | None = None, **options: Any) -> Backend:
+    """Build backend ``name`` (or an alias, e.g. ``ort``) with keyword ``options``; bad ones
+    are an ``OptionError`` whose message starts with ``where`` (e.g. ``backends[0].tvm``)."""
     if not isinstance(name, str):
         raise RecipeError(f"a backend name must be a string, got {type(name).__name__}")
     key = _ALIASES.get(name.strip().lower(), name.strip().lower())
@@ -73,23 +74,5 @@ def get_backend(name: str, **options: Any) -> Backend:
             f"unknown backend {name!r}; known backends: {', '.join(known_backends())}"
         )
     cls = _BACKENDS[key][0]()
-    _check_options(key, cls, options)
+    parse_options(cls.Options, options, where=where or key)
     return cls(**options)
-
-
-def _check_options(name: str, cls: type, options: dict[str, Any]) -> None:
-    parameters = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = [
-        p.name
-        for p in parameters.values()
-        if p.name != "self"
-        and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise RecipeError(
-            f"backend {name!r} has no option(s) {', '.join(unknown)}; its options are "
-            f"{', '.join(accepted) or 'none'}"
-        )

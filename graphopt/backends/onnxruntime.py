@@ -44,15 +44,17 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from graphopt.backends.base import describe_model
 from graphopt.capture import as_input_tuple, at_least_batch_two, dynamic_batch_shapes
-from graphopt.errors import BackendError, BackendUnavailableError, RecipeError
+from graphopt.errors import BackendError, BackendUnavailableError
+from graphopt.options import Configurable, Options
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeCompiled", "export_onnx_file"]
 
@@ -100,7 +102,7 @@ class OnnxRuntimeCompiled:
             ) from exc
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Configurable):
     """Export to ONNX with the dynamo exporter and run with ONNX Runtime's CPU provider.
 
     ``opset`` must be >= 17. ``intra_op_threads=None`` keeps ORT's default (one per physical
@@ -112,38 +114,20 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(
-        self,
-        *,
-        opset: int = 18,
-        intra_op_threads: int | None = None,
-        optimization: str = "all",
-        onnx_path: str | Path | None = None,
-        allow_spinning: bool = False,
-    ) -> None:
-        if isinstance(opset, bool) or not isinstance(opset, int) or opset < _MIN_OPSET:
-            raise RecipeError(
-                f"onnxruntime option opset must be an int >= {_MIN_OPSET}, got {opset!r}"
-            )
-        if intra_op_threads is not None and (
-            isinstance(intra_op_threads, bool)
-            or not isinstance(intra_op_threads, int)
-            or intra_op_threads < 1
-        ):
-            raise RecipeError(
-                "onnxruntime option intra_op_threads must be None or an int >= 1, "
-                f"got {intra_op_threads!r}"
-            )
-        if optimization not in _OPTIMIZATION_LEVELS:
-            raise RecipeError(
-                f"onnxruntime option optimization must be one of {sorted(_OPTIMIZATION_LEVELS)}, "
-                f"got {optimization!r}"
-            )
-        self.opset = opset
-        self.intra_op_threads = intra_op_threads
-        self.optimization = optimization
-        self.onnx_path = Path(onnx_path) if onnx_path is not None else None
-        self.allow_spinning = bool(allow_spinning)
+    class Options(Options):
+        opset: int = Field(18, ge=_MIN_OPSET, description="ONNX opset of the export")
+        intra_op_threads: int | None = Field(
+            None, ge=1, description="ORT intra-op threads (None: one per physical core)"
+        )
+        optimization: Literal[tuple(_OPTIMIZATION_LEVELS)] = Field(
+            "all", description="ORT graph optimization level"
+        )
+        onnx_path: str | Path | None = Field(None, description="keep the exported file here")
+        allow_spinning: bool = Field(False, description="ORT thread spinning (off: fair timing)")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.onnx_path = Path(self.onnx_path) if self.onnx_path is not None else None
 
     def compile(
         self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]

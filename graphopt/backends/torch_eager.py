@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from graphopt.backends.base import describe_model, flat_torch_outputs
-from graphopt.errors import BackendError, RecipeError
+from graphopt.errors import BackendError
+from graphopt.options import Configurable, Options
 
 __all__ = ["TorchEagerBackend", "TorchEagerCompiled"]
 
@@ -49,17 +51,13 @@ class TorchEagerCompiled:
         return flat_torch_outputs(outputs)
 
 
-class TorchEagerBackend:
+class TorchEagerBackend(Configurable):
     """PyTorch eager execution; ``threads=None`` keeps torch's process-wide thread count."""
 
     name = "torch"
 
-    def __init__(self, *, threads: int | None = None) -> None:
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise RecipeError(f"torch option threads must be None or an int >= 1, got {threads!r}")
-        self.threads = threads
+    class Options(Options):
+        threads: int | None = Field(None, ge=1, description="torch threads (None: as set)")
 
     def compile(
         self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]

@@ -20,7 +20,7 @@ import torch
 from torch.fx import GraphModule
 
 from graphopt.errors import PassError, RecipeError
-from graphopt.options import Options, describe_field, parse_options
+from graphopt.options import Configurable, Options, describe_field, parse_options
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -126,7 +126,7 @@ class NoOptions(Options):
     """A pass without options."""
 
 
-class Pass(ABC):
+class Pass(Configurable, ABC):
     """A rewrite pass. Its options are declared once, as the pydantic model ``Options``:
     ``Prune(target_macs=0.5)`` validates them (an ``OptionError`` naming the option) and sets
     each as an attribute; ``graphopt passes`` and the recipe JSON Schema read the model."""
@@ -135,19 +135,14 @@ class Pass(ABC):
     exact: ClassVar[bool]
     Options: ClassVar[type[Options]] = NoOptions
 
-    def __init__(self, **options: Any) -> None:
-        self.opts = parse_options(self.Options, options, where=self.name)
-        for key in type(self.opts).model_fields:
-            setattr(self, key, getattr(self.opts, key))
-
-    def requires(self, gm: GraphModule, ctx: PassContext) -> None:  # noqa: B027 - optional hook
+    def requires(self, gm: GraphModule, ctx: PassContext) -> None:
         """Raise ``PassError`` when the input does not satisfy the pass's preconditions."""
 
     @abstractmethod
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
         """The pass body: match → check (record refusals) → rewrite."""
 
-    def ensures(self, gm: GraphModule, ctx: PassContext) -> None:  # noqa: B027 - optional hook
+    def ensures(self, gm: GraphModule, ctx: PassContext) -> None:
         """Raise ``PassError`` when the output breaks a postcondition of the pass."""
 
     @final
@@ -162,10 +157,6 @@ class Pass(ABC):
         return result
 
     __call__ = run
-
-    def options(self) -> dict[str, Any]:
-        """Every option of this instance, defaults included (for reports and recipes)."""
-        return self.opts.model_dump()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

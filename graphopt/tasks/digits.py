@@ -21,12 +21,6 @@ never trusted.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import io
-import json
-import sys
-import time
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -35,10 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphopt.cache import atomic_write, cache_root
+from graphopt.cache import cache_root
 from graphopt.data import TaskData, batches, calibration_batches
-from graphopt.errors import GraphoptError
 from graphopt.metrics import inference_flags
+from graphopt.tasks._cache import (
+    UntrustedEntry,
+    all_finite,
+    code_key,
+    first_line,
+    load_or_train,
+    load_verified,
+    verified_weights,
+)
 from graphopt.zoo import resnet
 from graphopt.zoo.seeding import seeded
 
@@ -145,125 +147,29 @@ def example_inputs() -> tuple[Tensor, ...]:
 def trained_model(*, config: TrainConfig | None = None) -> nn.Module:
     """The trained model in eval mode: loaded from the cache, or trained (and cached) first.
 
-    A cache entry is used only when its sidecar vouches for it (see ``_verified_weights``);
+    A cache entry is used only when its sidecar vouches for it (``graphopt.tasks._cache``);
     anything else (no sidecar, a checksum mismatch, weights that do not load or are not
     finite) is reported on one line and retrained, never loaded as it is.
     """
     config = config or TrainConfig()
-    path = _cache_path(config)
-    if path.exists():
-        model = build_model(config)
-        try:
-            _load_verified(model, path)
-            return model.eval()
-        except _UntrustedEntry as exc:
-            print(
-                f"graphopt: cached digits model {path} rejected ({exc}); retraining "
-                f"(delete {path.parent} to clear the cache)",
-                file=sys.stderr,
-            )
-    print(
-        f"graphopt: training the digits model once ({config.epochs} epochs, 1-3 min on 2 "
-        f"cores); cached in {path.parent}",
-        file=sys.stderr,
-    )
-    model = build_model(config)  # from the seeded init, not from a rejected entry's weights
-    start = time.perf_counter()
-    train(model, config)
-    seconds = time.perf_counter() - start
-    if not _all_finite(model):
-        raise GraphoptError(
-            f"training the digits model diverged (non-finite weights) with {config}; "
-            "lower lr in its TrainConfig"
-        )
-    score = accuracy(model)["accuracy"]
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    weights = buffer.getvalue()
-    info = {
-        "weights": path.name,
-        "sha256": hashlib.sha256(weights).hexdigest(),
-        "config": asdict(config),
-        "accuracy": score,
-        "seconds": round(seconds, 1),
-        "torch": torch.__version__,
-    }
-    # Weights first, sidecar second: a reader between the two (or after a crash) finds a
-    # checksum that does not match and retrains, never a sidecar vouching for other bytes.
-    atomic_write(path, weights)
-    atomic_write(_sidecar_path(path), json.dumps(info, indent=2).encode())
-    print(
-        f"graphopt: digits model trained in {seconds:.0f} s, test accuracy {score:.2f}%",
-        file=sys.stderr,
-    )
-    return model.eval()
-
-
-class _UntrustedEntry(Exception):
-    """A cache entry that must not be loaded; the message says why, on one line."""
-
-
-def _sidecar_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def _verified_weights(path: Path) -> bytes:
-    """The bytes of the weights file at ``path``, if its JSON sidecar's sha256 matches them.
-
-    Why a checksum and not just "does it load": a truncated file usually fails to load, but
-    weights that were zeroed, half-written by an older graphopt without atomic writes, or
-    replaced load fine and would be compressed and reported as if trained. The sidecar
-    records the sha256 of exactly the bytes written at training time. Entries from before the
-    sidecar carried a checksum are stale by this rule and get retrained. The bytes are read
-    once and hashed and loaded from memory, so the file can't change between the two.
-    """
-    sidecar = _sidecar_path(path)
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise _UntrustedEntry(
-            f"no checksum sidecar {sidecar.name}: written by an older graphopt or interrupted"
-        ) from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise _UntrustedEntry(f"sidecar {sidecar.name} unreadable: {_first_line(exc)}") from exc
-    expected = info.get("sha256") if isinstance(info, dict) else None
-    if not isinstance(expected, str):
-        raise _UntrustedEntry(
-            f"sidecar {sidecar.name} has no sha256: written by a graphopt that did not "
-            "checksum its cache"
-        )
-    try:
-        weights = path.read_bytes()
-    except OSError as exc:
-        raise _UntrustedEntry(f"unreadable: {_first_line(exc)}") from exc
-    if hashlib.sha256(weights).hexdigest() != expected:
-        raise _UntrustedEntry(
-            f"its sha256 does not match the one in {sidecar.name}: truncated or modified"
-        )
-    return weights
-
-
-def _load_verified(model: nn.Module, path: Path) -> None:
-    """Load the verified weights at ``path`` into ``model``; raise ``_UntrustedEntry`` if not."""
-    weights = _verified_weights(path)
-    try:
-        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as exc:  # a foreign format, another architecture under the same key
-        raise _UntrustedEntry(f"does not load: {_first_line(exc)}") from exc
-    if not _all_finite(model):
-        raise _UntrustedEntry("holds non-finite weights")
-
-
-def _all_finite(model: nn.Module) -> bool:
-    return all(
-        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    return load_or_train(
+        _cache_path(config),
+        task="digits",
+        build=lambda: build_model(config),
+        fit=lambda model: train(model, config),  # looked up at call time: tests patch it
+        score=accuracy,
+        config=config,
+        announce=f"{config.epochs} epochs, 1-3 min on 2 cores",
+        diverged_hint="lower lr in its TrainConfig",
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+# The cache's checks, under the names this module's tests and older callers use.
+_UntrustedEntry = UntrustedEntry
+_verified_weights = verified_weights
+_load_verified = load_verified
+_all_finite = all_finite
+_first_line = first_line
 
 
 def train(model: nn.Module, config: TrainConfig) -> nn.Module:
@@ -367,9 +273,7 @@ def _cache_path(config: TrainConfig) -> Path:
     training loop and the ResNet module), so editing it retrains, while editing how the
     cache is read or how accuracy is reported does not.
     """
-    sources = "".join(inspect.getsource(obj) for obj in _TRAINING_CODE)
-    payload = json.dumps({"config": asdict(config), "code": sources}, sort_keys=True)
-    key = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    key = code_key(asdict(config), _TRAINING_CODE)
     return cache_root("tasks", "digits") / f"resnet_w{config.width}_{key}.pt"
 
 

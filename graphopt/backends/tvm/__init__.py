@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from graphopt.backends.tvm.lower import export, prepare, to_relax
@@ -41,7 +42,8 @@ from graphopt.backends.tvm.tuning import (
     tune_cached,
 )
 from graphopt.capture import as_input_tuple
-from graphopt.errors import BackendError, RecipeError
+from graphopt.errors import BackendError
+from graphopt.options import Configurable, Options
 
 __all__ = ["TVMBackend", "TVMCompiledModel", "default_cache_root"]
 
@@ -51,7 +53,7 @@ _UNTUNED_NOTE = (
 )
 
 
-class TVMBackend:
+class TVMBackend(Configurable):
     """Compile a module with TVM Relax for the host CPU, tuned with MetaSchedule on request.
 
     ``trials`` is the MetaSchedule budget summed over all tasks (0: no tuning, numerics only).
@@ -64,30 +66,17 @@ class TVMBackend:
 
     name = "tvm"
 
-    def __init__(
-        self,
-        *,
-        trials: int = 0,
-        cache_dir: str | Path | None = None,
-        target: str | None = None,
-        threads: int | None = None,
-    ) -> None:
-        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
-            raise RecipeError(f"TVMBackend option 'trials' must be an int >= 0, got {trials!r}")
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise RecipeError(
-                f"TVMBackend option 'threads' must be an int >= 1 or None, got {threads!r}"
-            )
-        if target is not None and not (isinstance(target, str) and target.strip()):
-            raise RecipeError(
-                f"TVMBackend option 'target' must be a non-empty string or None, got {target!r}"
-            )
-        self.trials = trials
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir is not None else None
-        self.target = target
-        self.threads = threads
+    class Options(Options):
+        trials: int = Field(0, ge=0, description="MetaSchedule tuning trials (0: untuned)")
+        cache_dir: str | Path | None = Field(None, description="tuning database folder")
+        target: str | None = Field(
+            None, min_length=1, description="TVM target (default: this CPU, detected)"
+        )
+        threads: int | None = Field(None, ge=1, description="TVM runtime threads")
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.cache_root = Path(self.cache_dir).expanduser() if self.cache_dir else None
 
     def compile(
         self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
