@@ -202,21 +202,67 @@ def project(tmp_path: Path) -> Path:
     return project
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_input_is_one_line_exit_2_and_nothing_changes(project: Path, case: Case) -> None:
+# These also run as real subprocesses (the console entry point, a fresh interpreter): one of
+# each kind, and the ones where a process boundary matters (sys.exit, a failing import).
+# Every case runs in-process too (the same ``main``), which costs a fraction of a second
+# instead of the ~3 s of importing torch in a new interpreter.
+SUBPROCESS = {
+    "random-bytes",
+    "duplicate-key",
+    "shape-huge",
+    "factory-sysexit",
+    "import-raises",
+    "calibration-inf",
+    "output-dot",
+    "output-symlink",
+    "bench-runs-0",
+}
+
+
+def _check(case: Case, project: Path, returncode: int, stderr: str) -> None:
+    # Progress lines of a step that outlasted a second may precede the error (a CI log
+    # shows them); everything else on stderr must be the one error line.
+    lines = [x for x in stderr.strip().splitlines() if not x.startswith("[graphopt ")]
+    assert returncode == 2, stderr
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    assert case.expect in lines[0], lines[0]
+
+
+def _prepare(project: Path, case: Case) -> dict[str, str]:
     if case.setup:
         case.setup(project)
     if case.argv[0] == "run" and case.recipe_name in case.argv:
         _write_recipe(project, case)
-    before = _snapshot(project.parent)
+    return _snapshot(project.parent)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input_is_one_line_exit_2_and_nothing_changes(
+    project: Path, case: Case, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graphopt.cli import main
+
+    before = _prepare(project, case)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("GRAPHOPT_DEBUG", raising=False)
+    try:
+        code = main(list(case.argv))
+    except SystemExit as exc:  # argparse's own exit, as the console script would
+        code = int(exc.code or 0)
+    _check(case, project, code, capsys.readouterr().err)
+    assert _snapshot(project.parent) == before
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.id in SUBPROCESS],
+    ids=[c.id for c in CASES if c.id in SUBPROCESS],
+)
+def test_hostile_input_in_a_fresh_process(project: Path, case: Case) -> None:
+    before = _prepare(project, case)
     proc = _run(project, case.argv)
-    # Progress lines of a step that outlasted a second may precede the error (a CI log
-    # shows them); everything else on stderr must be the one error line.
-    lines = [x for x in proc.stderr.strip().splitlines() if not x.startswith("[graphopt ")]
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert case.expect in lines[0], lines[0]
+    _check(case, project, proc.returncode, proc.stderr)
     assert _snapshot(project.parent) == before
 
 

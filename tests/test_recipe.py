@@ -114,3 +114,24 @@ def test_a_yaml_key_written_twice_is_refused_with_its_line(tmp_path: Path) -> No
 def test_input_shapes_are_not_coerced(shape: object) -> None:
     with pytest.raises(RecipeError, match="input shape"):
         parse_recipe({"model": "resnet18", "input_shape": shape})
+
+
+def test_the_shipped_recipe_schema_is_current_and_validates_the_examples() -> None:
+    """graphopt/schemas/recipe.schema.json is what `graphopt passes --schema` prints, and every
+    example recipe validates against it (editors can point at the file)."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    from graphopt.recipe import recipe_schema
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = json.loads((root / "graphopt" / "schemas" / "recipe.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(recipe_schema())), (
+        "regenerate: graphopt passes --schema"
+    )
+    for path in sorted((root / "examples").glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), shipped)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"model": "resnet18", "passes": [{"prune": {"ratio": 2}}]}, shipped)
