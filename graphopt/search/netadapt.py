@@ -48,7 +48,7 @@ import torch
 from torch.fx import GraphModule
 
 from graphopt.errors import GraphoptError
-from graphopt.ir import propagate_shapes
+from graphopt.ir import settle
 from graphopt.pruning.dependency import build_channel_graph
 from graphopt.pruning.groups import PruningGroup, build_groups
 from graphopt.pruning.importance import compute_importance
@@ -155,7 +155,7 @@ def search(
         if best is None or best.cost >= here.cost:
             stop = "exhausted"
             break
-        _settle(best.gm, example_inputs)
+        settle(best.gm, tuple(example_inputs), who="adapt")
         book.record({best.group.id: best.units})
         here = best
         chosen.append(_record(iteration, best.group, best, cost0, macs0, options.kind))
@@ -356,15 +356,10 @@ class _Builder:
             model.graph.lint()
             model.recompile()
             self.count, self.model, self.settled = r, model, False
-        if settled and not self.settled:
-            _settle(self.model, self.inputs)
+        if settled and not self.settled:  # the cost model and a latency export read shapes
+            settle(self.model, tuple(self.inputs), who="adapt")
             self.settled = True
         return self.model
-
-
-def _settle(gm: GraphModule, inputs: Sequence[torch.Tensor]) -> None:
-    """Re-propagate shapes: the next iteration's cost model and a latency export read them."""
-    propagate_shapes(gm, tuple(inputs))
 
 
 def _record(
