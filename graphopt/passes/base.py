@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, final
 
@@ -45,12 +45,39 @@ class Refusal:
 
 @dataclass(frozen=True)
 class PassResult:
+    """What a pass returns. ``refusals`` (matches declined, with the reason) and ``tables``
+    (named lists of rows: frozen groups, sensitivity, search traces…) are typed; both also
+    appear in ``stats`` (``refused`` and the table's name), which is what the report renders
+    for every pass alike and what ``report.json`` keeps."""
+
     graph_module: GraphModule
     modified: bool
     stats: Mapping[str, Any] = field(default_factory=dict)
+    refusals: tuple[Refusal, ...] = ()
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stats", MappingProxyType(dict(self.stats)))
+        stats = dict(self.stats)
+        if self.refusals:
+            stats.setdefault("refused", [asdict(r) for r in self.refusals])
+        for name, rows in self.tables.items():
+            stats.setdefault(name, [dict(row) for row in rows])
+        refused = stats.get("refused") or []
+        refusals = self.refusals or tuple(
+            Refusal(str(r.get("node", r.get("layer", "?"))), str(r.get("reason", "")))
+            for r in refused
+            if isinstance(r, Mapping)
+        )
+        tables = {  # every list of rows, the given tables and the refusals included
+            key: value
+            for key, value in stats.items()
+            if isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(row, Mapping) for row in value)
+        }
+        object.__setattr__(self, "stats", MappingProxyType(stats))
+        object.__setattr__(self, "refusals", refusals)
+        object.__setattr__(self, "tables", MappingProxyType(tables))
 
 
 # What each context field is and where it comes from: the one wording of "this pass needs X".

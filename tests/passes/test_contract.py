@@ -133,3 +133,21 @@ def test_the_readme_and_the_listing_describe_it(name: str) -> None:
     cls = registered_passes()[name]
     assert set(row["options"]) == set(cls.Options.model_fields)
     assert all(option["type"] for option in row["options"].values())
+
+
+def test_refusals_and_tables_are_typed_and_mirrored_in_stats() -> None:
+    from graphopt.passes import PassResult, Refusal
+
+    model = _model()
+    gm = trace(model, (torch.randn(2, 3, 8, 8),))
+    result = PassResult(
+        gm,
+        modified=False,
+        refusals=(Refusal("conv1", "depthwise"),),
+        tables={"sensitivity": [{"layer": "conv1", "cosine": 0.99}]},
+    )
+    assert result.stats["refused"] == [{"node": "conv1", "reason": "depthwise"}]
+    assert result.stats["sensitivity"][0]["layer"] == "conv1"
+    assert set(result.tables) == {"refused", "sensitivity"}
+    legacy = PassResult(gm, modified=False, stats={"refused": [{"node": "n", "reason": "r"}]})
+    assert legacy.refusals == (Refusal("n", "r"),) and "refused" in legacy.tables
