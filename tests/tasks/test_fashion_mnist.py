@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from graphopt.analysis import analyze
 from graphopt.cache import cache_root
 from graphopt.capture import trace
 from graphopt.data import TaskData
@@ -162,6 +163,15 @@ def test_split_holds_out_validation_and_normalises(
     assert torch.equal(again.x_val, split.x_val) and again.fingerprint == split.fingerprint
     train_rows = {row.numpy().tobytes() for row in split.x_train}
     assert not train_rows & {row.numpy().tobytes() for row in split.x_val}
+
+
+def test_default_model_is_a_residual_conv_net_worth_compressing() -> None:
+    model = fm.build_model().eval()
+    gm = trace(model, (torch.zeros(1, 1, 28, 28),))
+    assert 45e6 <= analyze(gm).macs <= 60e6  # 51.8 M: ORT time dominated by convolutions
+    channels = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert max(channels) == 256 and all(c % 8 == 0 for c in channels)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 12
 
 
 def test_trained_model_trains_once_then_loads_the_verified_cache(
