@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -45,7 +47,11 @@ def string_output() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 def sleeps() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """Slow enough for a test to send SIGTERM while the run holds its staging folder."""
+    """Slow enough for a test to send SIGTERM while the run holds its staging folder; it
+    leaves a marker file first (``GRAPHOPT_TEST_MARKER``) so a test can tell it was called."""
+    marker = os.environ.get("GRAPHOPT_TEST_MARKER")
+    if marker:
+        Path(marker).write_text("called")
     time.sleep(60)
     return tiny()
 

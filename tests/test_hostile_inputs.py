@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -178,8 +179,12 @@ def _write_recipe(project: Path, case: Case) -> None:
         path.write_text(json.dumps(content))
 
 
-def _run(project: Path, argv: tuple[str, ...], **kwargs: object) -> subprocess.CompletedProcess:
+def _run(
+    project: Path, argv: tuple[str, ...], marker: Path | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if marker is not None:
+        env["GRAPHOPT_TEST_MARKER"] = str(marker)
     env.pop("GRAPHOPT_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "graphopt.cli", *argv],
@@ -188,7 +193,6 @@ def _run(project: Path, argv: tuple[str, ...], **kwargs: object) -> subprocess.C
         capture_output=True,
         text=True,
         timeout=300,
-        **kwargs,
     )
 
 
@@ -272,10 +276,10 @@ def test_output_path_is_refused_before_the_model_loads(project: Path) -> None:
     (project / "recipe.yaml").write_text(
         json.dumps({**BASE_RECIPE, "model": "tests.hostile:sleeps"})
     )
-    start = time.monotonic()
-    proc = _run(project, ("run", "recipe.yaml"))
+    marker = Path(tempfile.mkdtemp()) / "factory-called"
+    proc = _run(project, ("run", "recipe.yaml"), marker=marker)
     assert proc.returncode == 2 and "not a folder" in proc.stderr
-    assert time.monotonic() - start < 45  # the factory sleeps 60 s: it was never called
+    assert not marker.exists()  # the factory (which writes the marker) was never called
 
 
 def test_sigterm_removes_the_staging_folder(project: Path) -> None:
@@ -283,7 +287,8 @@ def test_sigterm_removes_the_staging_folder(project: Path) -> None:
         json.dumps({**BASE_RECIPE, "model": "tests.hostile:sleeps", "output": "new/deeper/out"})
     )
     before = _snapshot(project.parent)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    marker = Path(tempfile.mkdtemp()) / "factory-called"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRAPHOPT_TEST_MARKER": str(marker)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "graphopt.cli", "run", "recipe.yaml"],
         cwd=project,
@@ -292,10 +297,12 @@ def test_sigterm_removes_the_staging_folder(project: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not list((project / "new" / "deeper").glob(".out.*")):
-            assert time.monotonic() < deadline and proc.poll() is None, "no staging folder"
-            time.sleep(0.2)
+        for _ in range(600):  # the run is inside the factory: its staging folder exists
+            if marker.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert marker.exists() and proc.poll() is None, "the run never reached the factory"
+        assert list((project / "new" / "deeper").glob(".out.*")), "no staging folder"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
