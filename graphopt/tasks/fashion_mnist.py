@@ -7,12 +7,13 @@ with one BasicBlock per stage, 3×3 stem, 51.8 M MACs per image) learns in a few
 two CPU cores. Its BatchNorm layers, residual adds and strided downsamples are what pruning,
 folding and int8 meet on real networks.
 
-Why this size and not ResNet-18 at width 16 (28.6 M MACs, the first version; 92.05% test
-accuracy after 3 epochs): at batch 1 that network runs in 0.5 ms on ONNX Runtime, so after
-pruning to a quarter of the MACs and int8 its per-operator overhead dominates and the full
-pipeline was only 2.3× faster; measured on latency alone (untrained weights, same passes),
-ResNet-18 at width 16 gave 2.7×, ResNet-10 at width 32 6.0×, for about the same training
-time per epoch as 2 epochs instead of 3 of the deeper, thinner net.
+Why this size and not ResNet-18 at width 16 (28.6 M MACs, the first version, 92.05% test
+accuracy after 3 epochs): at batch 1 that network runs in 0.6 ms on ONNX Runtime, so once
+pruned to a quarter of its MACs and quantized, per-operator overhead dominated and the full
+pipeline was only 2.3× faster. On latency alone (untrained weights, the same passes) ResNet-18
+at width 16 gave 2.7× and ResNet-10 at width 32 6.0×, and the latter trains in about the same
+time: 2 epochs of 168 s against 3 of 98 s (two threads, measured in a quiet moment).
+``benchmarks/RESULTS.md`` ("Real tasks") has the numbers.
 
 Data: the IDX files of the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist/``, gzip-compressed as it ships them), or any folder named
@@ -23,10 +24,10 @@ set, both of the pretraining and of compression's fine-tuning, so ``validate`` m
 generalisation without touching the test set, which only ``accuracy`` reads.
 
 Training: AdamW with a one-cycle schedule, 2 epochs, random horizontal flips (clothes are
-close to mirror-symmetric): about 170 s per epoch on two idle cores. The state dict is cached
-under
-``cache_root("tasks", "fashion_mnist")`` with the checksum sidecar of ``graphopt.tasks._cache``,
-keyed by the training config, the training code and a fingerprint of the training data.
+close to mirror-symmetric). Measured: 91.98% test and 92.08% validation accuracy. The state
+dict is cached under ``cache_root("tasks", "fashion_mnist")`` with the checksum sidecar of
+``graphopt.tasks._cache``, keyed by the training config, the training code and a fingerprint
+of the training data.
 """
 
 from __future__ import annotations
