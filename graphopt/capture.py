@@ -23,11 +23,18 @@ from torch.fx import GraphModule
 
 from graphopt.errors import CaptureError, GraphoptError
 from graphopt.ir import paused_gc
+from graphopt.shapes import (
+    META_KEY,
+    DynamicShapes,
+    declared_shapes,
+    explain_constraint_violation,
+    export_dynamic_shapes,
+    parse_dynamic_shapes,
+)
 
 __all__ = [
     "as_input_tuple",
     "at_least_batch_two",
-    "dynamic_batch_shapes",
     "export_program",
     "trace",
 ]
@@ -67,6 +74,7 @@ def trace(
     example_inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
     dynamic_batch: bool = True,
+    dynamic_shapes: object = None,
 ) -> GraphModule:
     """Capture ``model`` with ``torch.export`` (non-strict) and return its FX GraphModule.
 
@@ -75,7 +83,9 @@ def trace(
     batch-statistics BatchNorm and live dropout baked into the graph, and measured as such
     (a ``UserWarning`` says so; the caller's flag is unchanged). With ``dynamic_batch`` the
     first dimension of every input is symbolic (a batch of 1 is repeated to 2 for capture,
-    since export specialises size-1 dimensions). The returned module has parameters as
+    since export specialises size-1 dimensions). ``dynamic_shapes`` declares more symbolic
+    dimensions, e.g. ``({1: "seq"}, {1: "seq"})`` (see ``graphopt.shapes``); the declaration is
+    kept in ``gm.meta`` so every later export keeps them. The returned module has parameters as
     ``get_attr`` nodes under their original names and ``node.meta["val"]`` /
     ``node.meta["nn_module_stack"]`` on every op node.
 
@@ -87,6 +97,10 @@ def trace(
     if not isinstance(model, nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
+    try:
+        declared = parse_dynamic_shapes(dynamic_shapes, inputs)
+    except GraphoptError as exc:
+        raise CaptureError(str(exc)) from exc
     model_copy = copy.deepcopy(model)
     mode_dependent = [
         name or type(model).__name__
@@ -106,38 +120,46 @@ def trace(
     with _module_call_stack(model_copy) as stack, paused_gc():
         _check_eager_outputs(model_copy, inputs, stack)
         try:
-            program = export_program(model_copy, inputs, dynamic_batch=dynamic_batch)
+            program = export_program(
+                model_copy, inputs, dynamic_batch=dynamic_batch, declared=declared
+            )
         except (Exception, SystemExit) as exc:  # SystemExit: a model calling sys.exit()
+            constraint = explain_constraint_violation(exc) if declared else None
+            if constraint:
+                raise CaptureError(f"dynamic_shapes: {constraint}") from exc
             raise CaptureError(_explain_failure(model_copy, exc, stack)) from exc
     if dynamic_batch:
         inputs = tuple(at_least_batch_two(t) for t in inputs)
     graph_module = program.module()
     graph_module.meta["graphopt_example_inputs"] = tuple(t.detach().clone() for t in inputs)
     graph_module.meta["graphopt_source_class"] = type(model).__name__
+    if declared:
+        graph_module.meta[META_KEY] = declared
     return graph_module
 
 
 def export_program(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], *, dynamic_batch: bool = True
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    *,
+    dynamic_batch: bool = True,
+    declared: DynamicShapes | None = None,
 ) -> torch.export.ExportedProgram:
     """``torch.export`` (non-strict) with dimension 0 of every input dynamic when possible.
 
     ``Dim.AUTO`` lets export keep the batch static where the model specialises it instead of
     failing; a batch of 1 is repeated to 2 because export always specialises size-1 dims.
-    Used for capture and to re-export a rewritten graph (saving, backends).
+    ``declared`` dimensions (default: those the captured ``module`` was declared with) are
+    named ``Dim``s, so export fails rather than fixing one. Used for capture and to re-export
+    a rewritten graph (saving, backends).
     """
-    dynamic_shapes = None
+    declared = declared if declared is not None else declared_shapes(module)
     if dynamic_batch:
         inputs = tuple(at_least_batch_two(t) for t in inputs)
-        dynamic_shapes = dynamic_batch_shapes(inputs)
+    dynamic_shapes = export_dynamic_shapes(declared, inputs, dynamic_batch=dynamic_batch)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         return torch.export.export(module, inputs, dynamic_shapes=dynamic_shapes, strict=False)
-
-
-def dynamic_batch_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict | None, ...]:
-    """``dynamic_shapes`` for torch.export: dimension 0 of every input left to export (AUTO)."""
-    return tuple({0: torch.export.Dim.AUTO} if t.dim() > 0 else None for t in inputs)
 
 
 def at_least_batch_two(tensor: torch.Tensor) -> torch.Tensor:

@@ -186,6 +186,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             runs=recipe.runs,
             name=recipe.model,
             progress=say,
+            dynamic_shapes=recipe.dynamic,
         )
         as_run = recipe.as_run()
         report = dataclasses.replace(

@@ -32,11 +32,12 @@ from torch.fx import GraphModule
 from graphopt.analysis import analyze
 from graphopt.capture import as_input_tuple
 from graphopt.data import check_finite, count_nonfinite
-from graphopt.errors import GraphoptError, NumericsError
+from graphopt.errors import GraphoptError, NumericsError, PassError
 from graphopt.fidelity import relative_error
 from graphopt.ir import get_tensor, settle
 from graphopt.metrics import EvalFn, evaluate_metric
 from graphopt.passes.base import Pass, PassContext
+from graphopt.shapes import META_KEY, DynamicShapes, declared_shapes, other_sizes, resized_inputs
 
 __all__ = ["PassManager", "PipelineResult", "StageReport", "relative_error"]
 
@@ -116,6 +117,7 @@ class PassManager:
                 "the model or the example inputs"
             )
         allowed = set(_nonfinite_tensors(current))  # e.g. a -inf attention mask
+        declared = declared_shapes(current)
 
         def metric(module: GraphModule, stage: str) -> dict[str, float] | None:
             if evaluate is None:
@@ -127,10 +129,14 @@ class PassManager:
             start = time.perf_counter()
             result = p.run(current, ctx)
             current = result.graph_module
+            if declared:  # a pass that builds a new GraphModule must not drop the declaration
+                current.meta.setdefault(META_KEY, declared)
             settle(current, inputs, who=p.name)
             seconds = time.perf_counter() - start
             outputs = _outputs(current, inputs)
             _check_finite_stage(p, current, outputs, allowed)
+            if declared:
+                _check_dynamic_dims(p, current, inputs, declared)
             error = relative_error(reference, outputs) if self.check_numerics else float("nan")
             if p.exact and self.check_numerics and not error <= self.exact_tolerance:
                 raise NumericsError(
@@ -158,6 +164,27 @@ def _outputs(gm: GraphModule, inputs: tuple[torch.Tensor, ...]) -> list[torch.Te
     with torch.no_grad():
         out = gm(*inputs)
     return [t.detach() for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _check_dynamic_dims(
+    p: Pass, gm: GraphModule, inputs: tuple[torch.Tensor, ...], declared: DynamicShapes
+) -> None:
+    """``PassError`` when ``p`` left a graph that no longer runs at other sizes of the
+    dimensions the user declared dynamic (a size constant written from the example's shape):
+    one forward at twice the declared sizes, which keeps any divisibility the model needs."""
+    sizes = other_sizes(declared, inputs)
+    try:
+        with torch.no_grad():
+            gm(*resized_inputs(declared, inputs, sizes))
+    except Exception as exc:
+        at = ", ".join(f"{name}={size}" for name, size in sizes.items())
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PassError(
+            p.name,
+            f"the rewritten graph no longer runs with the dynamic dimensions at {at} "
+            f"(declared dynamic; the example has other sizes): {type(exc).__name__}: {first}. "
+            "This is a bug in the pass: it wrote a size from the example's shape",
+        ) from exc
 
 
 def _check_finite_stage(

@@ -37,6 +37,7 @@ from graphopt.checks import is_int
 from graphopt.errors import RecipeError
 from graphopt.loading import parse_shape
 from graphopt.passes import Pass, get_pass
+from graphopt.shapes import DECLARATION_SCHEMA, check_declaration
 
 __all__ = [
     "Recipe",
@@ -58,6 +59,7 @@ _KEYS = {
     "data",
     "output",
     "require",
+    "dynamic",
 }
 _BENCH_KEYS = {"warmup", "runs"}
 
@@ -83,6 +85,7 @@ class Recipe:
     output: Path
     data: str | None = None
     require: tuple[Requirement, ...] = ()
+    dynamic: Any = None  # graphopt.shapes' declaration, checked against the inputs at capture
 
     def build_passes(self) -> list[Pass]:
         return [
@@ -111,6 +114,7 @@ class Recipe:
         return {
             "model": self.model,
             "input_shape": list(self.input_shape) if self.input_shape else None,
+            "dynamic": self.dynamic,
             "seed": self.seed,
             "passes": [{p.name: p.options()} for p in self.build_passes()],
             "backends": [
@@ -235,6 +239,7 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
         evaluate=evaluate,
         output=Path(output),
         data=data_spec,
+        dynamic=check_declaration(data.get("dynamic"), where="recipe key 'dynamic'"),
     )
     recipe.build_passes()  # validates pass names and options now, before any work
     backends = recipe.build_backends()
@@ -325,6 +330,7 @@ def recipe_schema() -> dict[str, Any]:
                     {"type": "string", "pattern": "^[0-9]+(\\s*[,x]\\s*[0-9]+)*$"},
                 ]
             },
+            "dynamic": DECLARATION_SCHEMA,
             "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
             "passes": {"type": "array", "items": {"anyOf": steps}},
             "backends": {"type": "array", "items": backend},

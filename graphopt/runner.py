@@ -21,6 +21,7 @@ from graphopt.pass_manager import PassManager
 from graphopt.passes import Pass, PassContext
 from graphopt.provenance import input_signature, machine, now_iso, versions
 from graphopt.report import BackendLatency, CompressionReport
+from graphopt.shapes import declared_shapes, describe
 
 __all__ = ["CompressionRun", "compress", "evaluate_metric", "latency_probe"]
 
@@ -45,6 +46,7 @@ def compress(
     runs: int = 50,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    dynamic_shapes: object = None,
 ) -> CompressionRun:
     """Capture ``model``, run ``passes``, measure on ``backends`` and build the report.
 
@@ -57,14 +59,17 @@ def compress(
     function the task metric is measured after every stage. Passes also find the captured
     original (``"teacher"``, for distillation) and, when there is a backend, ``"latency"``: a
     probe timing a module on the first one. Backend latencies of the original and the
-    compressed graph are measured interleaved in one loop per backend.
+    compressed graph are measured interleaved in one loop per backend. ``dynamic_shapes``
+    declares dimensions that stay dynamic beyond the batch (``graphopt.shapes``): every pass
+    is checked to keep them and the ONNX export keeps them symbolic.
     """
     started_at = now_iso()
     inputs = as_input_tuple(example_inputs)
     say = progress or (lambda _msg: None)
     evaluate = evaluate or (data.evaluate if data is not None else None)
     say("capturing with torch.export")
-    original = trace(model, inputs)  # symbolic: no activation is computed yet
+    # symbolic: no activation is computed yet
+    original = trace(model, inputs, dynamic_shapes=dynamic_shapes)
     original_stats = analyze(original)
     _require_activation_memory(original_stats, inputs)
     context = PassContext(
@@ -105,7 +110,7 @@ def compress(
         provenance={
             "versions": versions(),
             "machine": machine(),
-            "inputs": input_signature(inputs),
+            "inputs": {**input_signature(inputs), "dynamic": describe(declared_shapes(original))},
             "started_at": started_at,
             "finished_at": now_iso(),
         },

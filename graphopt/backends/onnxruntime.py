@@ -52,9 +52,15 @@ from pydantic import Field
 from torch import nn
 
 from graphopt.backends.base import describe_model
-from graphopt.capture import as_input_tuple, at_least_batch_two, dynamic_batch_shapes
+from graphopt.capture import as_input_tuple, at_least_batch_two
 from graphopt.errors import BackendError, BackendUnavailableError
 from graphopt.options import Configurable, Options
+from graphopt.shapes import (
+    declared_shapes,
+    describe,
+    explain_constraint_violation,
+    export_dynamic_shapes,
+)
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeCompiled", "export_onnx_file"]
 
@@ -148,6 +154,7 @@ class OnnxRuntimeBackend(Configurable):
             "opset": self.opset,
             "exporter": _EXPORTER,
             "dynamic_batch": dynamic,
+            "dynamic_dims": describe(declared_shapes(model)),
             "optimization": self.optimization,
             "intra_op_threads": self.intra_op_threads,
             "allow_spinning": self.allow_spinning,
@@ -222,14 +229,26 @@ def export_onnx_file(
     Export specialises size-1 dimensions, so a batch of 1 is repeated to 2 (as ``trace``
     does). A model whose graph hard-codes its batch (e.g. a reshape a pass wrote with a
     constant) cannot take a batch of 2; it is then exported with the example shapes as they
-    are, and the returned note says why.
+    are, and the returned note says why. Dimensions the user declared dynamic at capture
+    (``graphopt.shapes``) have no such fallback: an export that cannot keep them is an error.
     """
     external = sum(p.numel() * p.element_size() for p in model.parameters()) > _EXTERNAL_DATA_BYTES
     batched = tuple(at_least_batch_two(t) for t in inputs)
-    dims = dynamic_batch_shapes(batched)
+    declared = declared_shapes(model)
+    dims = export_dynamic_shapes(declared, batched, dynamic_batch=True)
     try:
         _onnx_export(model, batched, path, opset, external, dims)
     except Exception as dynamic_exc:
+        if declared:
+            names = ", ".join(sorted({d["name"] for d in describe(declared)}))
+            cause = _root_cause(dynamic_exc)
+            why = explain_constraint_violation(cause) or f"{type(cause).__name__}: " + (
+                _first_line(cause)
+            )
+            raise BackendError(
+                f"onnxruntime: could not export {model_name} with its declared dynamic "
+                f"dimensions ({names}): {why}"
+            ) from dynamic_exc
         try:
             _onnx_export(model, inputs, path, opset, external, None)
         except Exception:
@@ -242,9 +261,25 @@ def export_onnx_file(
             f"onnxruntime: {model_name} exported with a static batch ({note})", stacklevel=3
         )
         return False, note
+    if declared:
+        _require_symbolic(path, declared, model_name)
     if not _first_dim_symbolic(path):
         return False, "the graph fixes its batch size (traced with dynamic_batch=False?)"
     return True, None
+
+
+def _require_symbolic(path: Path, declared: Any, model_name: str) -> None:
+    """Every declared dimension is a ``dim_param`` of the exported graph's input."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for entry in describe(declared):
+        dims = graph.input[entry["input"]].type.tensor_type.shape.dim
+        if not dims[entry["dim"]].HasField("dim_param"):
+            raise BackendError(
+                f"onnxruntime: the ONNX export of {model_name} fixed input {entry['input']}'s "
+                f"dimension {entry['dim']} ({entry['name']}) at {dims[entry['dim']].dim_value}"
+            )
 
 
 def _onnx_export(
@@ -291,6 +326,9 @@ def _quiet_exporter(graph_module: bool) -> Iterator[None]:
             warnings.simplefilter("ignore", category=FutureWarning)
             if graph_module:
                 warnings.filterwarnings("ignore", message="Exporting a model while it is in train")
+            # Inputs sharing a declared name (ids and mask: "seq") are one symbol; the exporter
+            # says it names the axis once, which is what was asked for.
+            warnings.filterwarnings("ignore", message="# The axis name")
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):

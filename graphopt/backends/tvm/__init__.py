@@ -44,12 +44,24 @@ from graphopt.backends.tvm.tuning import (
 from graphopt.capture import as_input_tuple
 from graphopt.errors import BackendError
 from graphopt.options import Configurable, Options
+from graphopt.shapes import declared_shapes, describe
 
 __all__ = ["TVMBackend", "TVMCompiledModel", "default_cache_root"]
 
 _UNTUNED_NOTE = (
     "untuned: TVM's default CPU pipeline leaves conv/matmul as naive loops; "
     "latency is not representative, pass trials > 0 to tune"
+)
+
+
+# Why TVM compiles declared-dynamic dimensions at the example's size: Relax takes torch.export's
+# symbols (from_exported_program maps them to shape variables), but on TVM 0.27 legalizing a
+# BERT encoder with a symbolic sequence fails ("emit_te now only supports Tensor that has
+# ShapeExpr shape"), and MetaSchedule tunes one kernel set per static shape anyway. The ONNX
+# Runtime export keeps them symbolic; TVM users compile once per size they serve.
+_STATIC_NOTE = (
+    "TVM compiles one kernel set per input shape: the declared dynamic dimensions ({names}) "
+    "are fixed at the example's size here (the ONNX export keeps them symbolic)"
 )
 
 
@@ -99,4 +111,10 @@ class TVMBackend(Configurable):
             prepared = apply_database(tvm, relax, prepared, target, work_dir)
         else:
             info.update(tuned=False, trials=0, note=_UNTUNED_NOTE)
+        declared = describe(declared_shapes(model))
+        if declared:  # measured on TVM 0.27: see _STATIC_NOTE
+            info["static_shapes"] = [list(t.shape) for t in inputs]
+            info["dynamic_dims_note"] = _STATIC_NOTE.format(
+                names=", ".join(sorted({d["name"] for d in declared}))
+            )
         return build(tvm, relax, prepared, target, inputs, info, threads)
