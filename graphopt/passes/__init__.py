@@ -16,6 +16,7 @@ from graphopt.passes.low_rank import LowRank
 from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.quantize import Quantize
 from graphopt.passes.recover import Recover
+from graphopt.passes.remove_blocks import RemoveBlocks
 
 __all__ = [
     "Adapt",
@@ -28,6 +29,7 @@ __all__ = [
     "Quantize",
     "Recover",
     "Refusal",
+    "RemoveBlocks",
     "describe_passes",
     "get_pass",
     "register_pass",

@@ -33,6 +33,7 @@ MINIMAL_OPTIONS: dict[str, dict[str, object]] = {
     "quantize": {},
     "recover": {"steps": 2},
     "adapt": {"target_macs": 0.8, "round_to": 2},
+    "remove_blocks": {"blocks": 1},
 }
 IDEMPOTENT = {"fold_batchnorm", "quantize", "low_rank"}
 
