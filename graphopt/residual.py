@@ -28,6 +28,7 @@ from torch.fx import GraphModule, Node
 
 from graphopt.analysis import analyze
 from graphopt.ir import is_op, module_path, node_shape
+from graphopt.quant.functionalize import functionalize_inplace
 
 __all__ = ["Branch", "find_branches", "without_branch"]
 
@@ -103,6 +104,9 @@ def without_branch(gm: GraphModule, branch: Branch, *, share_weights: bool = Fal
             owner = target.get_submodule(owner_path) if owner_path else target
             if hasattr(owner, leaf):
                 delattr(owner, leaf)
+    # ``y = relu_(x + f(x))`` is now ``relu_(x)``: it would write into the previous block's
+    # output, which that block's backward needs (and, in a trial, into the caller's input).
+    functionalize_inplace(target)
     target.recompile()
     return target
 

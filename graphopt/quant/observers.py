@@ -33,7 +33,8 @@ class Observer(ABC):
     """Watches one tensor; ``range()`` is the clipping range to quantize it with."""
 
     @abstractmethod
-    def update(self, value: Tensor) -> None: ...
+    def update(self, value: Tensor, bounds: tuple[float, float] | None = None) -> None:
+        """Observe ``value``; ``bounds`` is its (min, max) when the caller computed it."""
 
     @abstractmethod
     def range(self, levels: int) -> tuple[float, float]:
@@ -44,13 +45,18 @@ class Observer(ABC):
     def seen(self) -> bool: ...
 
 
+def _bounds(value: Tensor) -> tuple[float, float]:
+    lo, hi = torch.aminmax(value.detach().float())
+    return lo.item(), hi.item()
+
+
 class MinMaxObserver(Observer):
     def __init__(self) -> None:
         self.lo, self.hi = float("inf"), float("-inf")
 
-    def update(self, value: Tensor) -> None:
-        lo, hi = torch.aminmax(value.detach().float())
-        self.lo, self.hi = min(self.lo, lo.item()), max(self.hi, hi.item())
+    def update(self, value: Tensor, bounds: tuple[float, float] | None = None) -> None:
+        lo, hi = bounds or _bounds(value)
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
 
     def range(self, levels: int) -> tuple[float, float]:
         return self.lo, self.hi
@@ -66,8 +72,8 @@ class MovingAverageObserver(Observer):
         self.lo, self.hi = 0.0, 0.0
         self._seen = False
 
-    def update(self, value: Tensor) -> None:
-        lo, hi = (v.item() for v in torch.aminmax(value.detach().float()))
+    def update(self, value: Tensor, bounds: tuple[float, float] | None = None) -> None:
+        lo, hi = bounds or _bounds(value)
         if not self._seen:
             self.lo, self.hi, self._seen = lo, hi, True
         else:
@@ -95,11 +101,11 @@ class HistogramObserver(Observer, ABC):
     def seen(self) -> bool:
         return self._seen
 
-    def update(self, value: Tensor) -> None:
+    def update(self, value: Tensor, bounds: tuple[float, float] | None = None) -> None:
         data = value.detach().float().flatten()
         if not data.numel():
             return
-        lo, hi = (v.item() for v in torch.aminmax(data))
+        lo, hi = bounds or _bounds(data)
         if not self._seen:
             self.lo, self.hi = lo, max(hi, lo + 1e-12)
             self._seen = True

@@ -21,11 +21,13 @@ from torch import Tensor
 from torch.fx import GraphModule
 
 from graphopt.errors import NumericsError
+from graphopt.ir import is_op
 from graphopt.quant.calibrate import STAGE, observe
 from graphopt.quant.observers import make_observer
 from graphopt.quant.placement import QuantLayer, find_sites
 from graphopt.quant.qparams import ActivationQParams, activation_qparams
 from graphopt.quant.rewrite import insert_activation_qdq, quantize_weights
+from graphopt.quant.simulate import fast_simulation
 
 __all__ = ["Agreement", "Converted", "agreement", "calibrate", "convert", "run_batches"]
 
@@ -107,7 +109,14 @@ def convert(
 
 
 def run_batches(gm: torch.nn.Module, batches: Collection[tuple[Tensor, ...]]) -> list[Tensor]:
-    """Outputs of ``gm`` on every batch, each flattened to (batch, features), concatenated."""
+    """Outputs of ``gm`` on every batch, each flattened to (batch, features), concatenated.
+
+    A QDQ graph runs as its ``fast_simulation`` (same values, fused kernels): these outputs
+    only score it."""
+    if isinstance(gm, GraphModule) and any(
+        is_op(n, [torch.ops.quantized_decomposed.dequantize_per_tensor]) for n in gm.graph.nodes
+    ):
+        gm = fast_simulation(gm)
     rows = []
     with torch.no_grad():
         for inputs in batches:

@@ -134,6 +134,16 @@ def test_removing_a_bert_attention_sublayer_keeps_the_shared_mask() -> None:
         )  # the trial shares, never mutates
 
 
+def test_a_removed_block_leaves_a_graph_that_trains() -> None:
+    model, inputs = _resnet18()  # its blocks end in relu_(x + f(x)): relu_(x) after removal
+    gm = trace(model, inputs)
+    for branch in [b for b in find_branches(gm) if b.name in ("layer1.1", "layer2.1")]:
+        gm = without_branch(gm, next(b for b in find_branches(gm) if b.name == branch.name))
+    x = inputs[0].clone()
+    gm(x).sum().backward()  # no "modified by an inplace operation"
+    assert torch.equal(x, inputs[0])
+
+
 def test_nothing_to_remove_changes_nothing() -> None:
     model, inputs = _resnet18()
     gm = trace(model, inputs)
