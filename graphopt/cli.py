@@ -15,7 +15,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from graphopt.errors import GraphoptError, RecipeError
 from graphopt.output import OutputFolder, Terminated, sigterm_raises
@@ -101,6 +101,27 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the summary as JSON on stdout (tables: stderr)"
     )
     run.set_defaults(handler=_cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep", parents=[common], help="run a recipe's variants (options varied), pick the best"
+    )
+    sweep.add_argument("recipe", help="path to the recipe file, with a sweep: section")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a grid axis such as prune.target_macs=0.3,0.5 (repeatable; adds to the recipe's)",
+    )
+    sweep.add_argument("--samples", type=int, help="variants drawn from a random sweep")
+    sweep.add_argument("--address", help="a Ray cluster (default: RAY_ADDRESS, else local)")
+    sweep.add_argument("--num-cpus", type=int, help="CPUs of the local Ray runtime")
+    sweep.add_argument("--cache-dir", help="variant cache (default ~/.cache/graphopt/sweep)")
+    sweep.add_argument("--no-ray", action="store_true", help="run variants one after another")
+    sweep.add_argument("--output", help="output folder (default: the recipe's output + -sweep)")
+    sweep.add_argument(
+        "--json", action="store_true", help="print the summary as JSON on stdout (tables: stderr)"
+    )
+    sweep.set_defaults(handler=_cmd_sweep)
 
     inspect = sub.add_parser(
         "inspect", parents=[common], help="capture a model and print its costs per node"
@@ -213,6 +234,88 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"wrote {', '.join(str(output / n) for n in names)}")
     return 3 if report.status == "failed" else 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Run the sweep; exit 3 (report written) when no variant finished or meets every budget."""
+    import json
+
+    from rich.console import Console
+
+    from graphopt.progress import Progress, library_noise_to
+    from graphopt.recipe import load_recipe, with_sweep
+    from graphopt.sweep.run import sweep
+
+    recipe = load_recipe(args.recipe)
+    options = _sweep_options(recipe, args)
+    recipe = with_sweep(recipe, options)  # every variant validated now, before any work
+    output = Path(args.output or options.output or f"{recipe.output}-sweep")
+    folder_guard = OutputFolder(output)  # checked and staged now, before any work
+    debug = bool(args.debug or os.environ.get("GRAPHOPT_DEBUG"))
+    with (
+        folder_guard as folder,
+        library_noise_to(folder / "graphopt.log", enabled=not debug) as stderr,
+        Progress(stderr) as say,
+    ):
+        report, written = sweep(
+            recipe,
+            folder,
+            recipe_file=str(args.recipe),
+            cache_dir=args.cache_dir,
+            address=args.address,
+            use_ray=not args.no_ray,
+            say=say,
+            note=lambda text: print(f"graphopt: note: {text}", file=stderr, flush=True),
+        )
+        status = "passed" if report.chosen else "failed"
+        folder_guard.status = status
+    summary = {
+        "status": status,
+        "chosen": report.chosen,
+        "counts": report.to_dict()["counts"],
+        "pareto_front": report.front,
+        "budgets": report.budgets,
+        "output": str(output),
+        "files": [p.name for p in written],
+    }
+    report.print(Console(stderr=True) if args.json else Console())
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"wrote {', '.join(str(output / p.name) for p in written)}")
+    return 0 if report.chosen else 3
+
+
+def _sweep_options(recipe: Any, args: argparse.Namespace) -> Any:
+    """The recipe's ``sweep:`` with ``--grid``/``--samples``/``--num-cpus`` applied."""
+    import yaml
+
+    from graphopt.sweep.spec import parse_sweep
+
+    data = recipe.sweep.model_dump(exclude_defaults=True) if recipe.sweep else {}
+    if args.grid:
+        if data.get("random"):
+            raise RecipeError("--grid cannot extend the recipe's random sweep; use grid: there")
+        grid = dict(data.get("grid") or {})
+        for item in args.grid:
+            key, sep, values = item.partition("=")
+            if not sep or not key.strip() or not values.strip():
+                raise RecipeError(
+                    f"--grid takes KEY=V1,V2 such as prune.ratio=0.3,0.5; got {item!r}"
+                )
+            grid[key.strip()] = [yaml.safe_load(v) for v in values.split(",")]
+        data["grid"] = grid
+    if args.samples is not None:
+        if not data.get("random"):
+            raise RecipeError("--samples needs a random sweep (sweep: {random: {...}})")
+        data["samples"] = args.samples
+    if args.num_cpus is not None:
+        data["num_cpus"] = args.num_cpus
+    if not data:
+        raise RecipeError(
+            f"recipe {args.recipe!r} has no sweep: section; add one or give --grid KEY=V1,V2"
+        )
+    return parse_sweep(data)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

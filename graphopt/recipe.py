@@ -17,6 +17,8 @@
     require:                        # optional budgets, checked after the run (exit 3 if one
       - speedup.onnxruntime >= 2.5  # fails); names in graphopt.budgets
       - size_mb <= 5
+    sweep:                          # optional, for `graphopt sweep` (graphopt.sweep.spec)
+      grid: {prune.target_macs: [0.3, 0.5]}
 
 Everything is validated when loaded, so a typo fails before any work starts.
 """
@@ -38,14 +40,17 @@ from graphopt.errors import RecipeError
 from graphopt.loading import parse_shape
 from graphopt.passes import Pass, get_pass
 from graphopt.shapes import DECLARATION_SCHEMA, check_declaration
+from graphopt.sweep.spec import SweepOptions, parse_sweep
 
 __all__ = [
     "Recipe",
     "StepSpec",
     "check_bench_counts",
     "load_recipe",
+    "may_evaluate",
     "parse_recipe",
     "recipe_schema",
+    "with_sweep",
 ]
 
 _KEYS = {
@@ -60,6 +65,7 @@ _KEYS = {
     "output",
     "require",
     "dynamic",
+    "sweep",
 }
 _BENCH_KEYS = {"warmup", "runs"}
 
@@ -86,6 +92,7 @@ class Recipe:
     data: str | None = None
     require: tuple[Requirement, ...] = ()
     dynamic: Any = None  # graphopt.shapes' declaration, checked against the inputs at capture
+    sweep: SweepOptions | None = None  # `graphopt sweep`'s variants; `graphopt run` ignores it
 
     def build_passes(self) -> list[Pass]:
         return [
@@ -104,7 +111,7 @@ class Recipe:
         added = parse_requirements(
             list(extra),
             backends=[b.name for b in self.build_backends()],
-            has_task_metric=self.evaluate is not None or _may_evaluate(self.data),
+            has_task_metric=self.evaluate is not None or may_evaluate(self.data),
             where="--require",
         )
         return replace(self, require=self.require + added)
@@ -129,7 +136,7 @@ class Recipe:
         }
 
 
-def _may_evaluate(data: str | None) -> bool:
+def may_evaluate(data: str | None) -> bool:
     """A data callable may give an evaluate function; ``random`` data never does."""
     return data is not None and data != "random"
 
@@ -247,9 +254,22 @@ def parse_recipe(data: Any, *, default_output: Path = Path("out")) -> Recipe:
         requirements = parse_requirements(
             data["require"],
             backends=[b.name for b in backends],
-            has_task_metric=evaluate is not None or _may_evaluate(data_spec),
+            has_task_metric=evaluate is not None or may_evaluate(data_spec),
         )
         recipe = replace(recipe, require=requirements)
+    if "sweep" in data:
+        recipe = with_sweep(recipe, parse_sweep(data["sweep"]))
+    return recipe
+
+
+def with_sweep(recipe: Recipe, options: SweepOptions) -> Recipe:
+    """``recipe`` with a sweep whose keys, values and budgets are all checked now: every
+    variant is built (its passes and backends validated) before any of them runs."""
+    from graphopt.sweep.variants import expand, sweep_budgets
+
+    recipe = replace(recipe, sweep=options)
+    sweep_budgets(recipe, options)
+    expand(recipe, options)
     return recipe
 
 
@@ -313,6 +333,10 @@ def recipe_schema() -> dict[str, Any]:
                 "additionalProperties": False,
             }
         )
+    sweep = SweepOptions.model_json_schema(ref_template="#/$defs/{model}")
+    defs.update(sweep.pop("$defs", {}))
+    sweep["title"] = "sweep options (graphopt sweep)"
+    defs["sweep"] = sweep
     backend = {
         "anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]
     }
@@ -351,6 +375,7 @@ def recipe_schema() -> dict[str, Any]:
                     {"type": "object", "additionalProperties": {"type": "string"}},
                 ]
             },
+            "sweep": {"$ref": "#/$defs/sweep"},
         },
         "$defs": defs,
     }

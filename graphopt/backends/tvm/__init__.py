@@ -8,7 +8,9 @@
 4. with ``trials``: ``tuning.tune_cached`` into an on-disk database keyed by the module's
    structure, target and TVM version, then ``tuning.apply_database`` (tuned schedules,
    pre-packed weights);
-5. ``runtime.build``: ``tvm.compile`` for the host CPU (``target``) and a ``relax.VirtualMachine``.
+5. ``runtime.build``: ``tvm.compile`` for the host CPU (``target``) and a ``relax.VirtualMachine``;
+   with ``rpc``, ``rpc.build_remote``: the library exported, uploaded and run by a VM on a
+   remote device found through TVM's RPC tracker (tuning then measures there too).
 
 Why tuning is part of the backend: untuned, TVM 0.27 leaves conv and matmul as naive loops, so
 untuned numbers are only good for checking numerics; ``trials > 0`` runs MetaSchedule and the
@@ -19,6 +21,7 @@ report says which one it was (``info["tuned"]``). TVM itself is imported only in
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,22 @@ from pydantic import Field
 from torch import nn
 
 from graphopt.backends.tvm.lower import export, prepare, to_relax
-from graphopt.backends.tvm.runtime import TVMCompiledModel, build, import_tvm
+from graphopt.backends.tvm.rpc import (
+    RemoteTVMModel,
+    RPCOptions,
+    build_remote,
+    connect,
+    describe_device,
+    release_for_tuning,
+    remote_target,
+)
+from graphopt.backends.tvm.runtime import (
+    TVMCompiledModel,
+    build,
+    compile_executable,
+    import_tvm,
+    input_specs,
+)
 from graphopt.backends.tvm.target import (
     default_threads,
     describe_target,
@@ -46,7 +64,7 @@ from graphopt.errors import BackendError
 from graphopt.options import Configurable, Options
 from graphopt.shapes import declared_shapes, describe
 
-__all__ = ["TVMBackend", "TVMCompiledModel", "default_cache_root"]
+__all__ = ["RPCOptions", "RemoteTVMModel", "TVMBackend", "TVMCompiledModel", "default_cache_root"]
 
 _UNTUNED_NOTE = (
     "untuned: TVM's default CPU pipeline leaves conv/matmul as naive loops; "
@@ -73,7 +91,9 @@ class TVMBackend(Configurable):
     target gets its own ``<key>/`` folder below it. ``target`` is a TVM target as a kind name
     (``"llvm"``), a JSON object string, or the old ``"llvm -mcpu=..."`` form; None means the
     host CPU with its real ``mcpu``. ``threads`` is the runtime (and tuning) thread count;
-    None means the physical cores.
+    None means the physical cores. ``rpc`` (``{tracker: HOST:PORT, key: NAME}``) runs and
+    times the model on a remote device from TVM's RPC tracker (``graphopt.backends.tvm.rpc``);
+    without ``target`` it compiles for the remote's own CPU.
     """
 
     name = "tvm"
@@ -85,6 +105,7 @@ class TVMBackend(Configurable):
             None, min_length=1, description="TVM target (default: this CPU, detected)"
         )
         threads: int | None = Field(None, ge=1, description="TVM runtime threads")
+        rpc: RPCOptions | None = Field(None, description="a remote device via an RPC tracker")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -92,22 +113,35 @@ class TVMBackend(Configurable):
 
     def compile(
         self, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]
-    ) -> TVMCompiledModel:
+    ) -> TVMCompiledModel | RemoteTVMModel:
         tvm, relax = import_tvm()
         if self.trials > 0:
             check_tuning_dependencies()
         inputs = as_input_tuple(example_inputs, error=BackendError)
+        remote = connect(self.rpc) if self.rpc is not None else None
         threads = self.threads or default_threads()
-        reserve_runtime_threads(threads)
-        target = resolve_target(tvm, self.target, threads)
+        if remote is None:
+            reserve_runtime_threads(threads)
+            target = resolve_target(tvm, self.target, threads)
+        else:
+            threads = self.threads or int(remote.get_function("runtime.NumThreads")())
+            spec = self.target or json.dumps(remote_target(remote, self.rpc))
+            target = resolve_target(tvm, spec, threads)
         mod = to_relax(export(model, inputs))
         key = cache_key(tvm, mod, target)
+        if self.rpc is not None:  # timed on that device: its own database, not the host's
+            key = f"{key}-rpc-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.rpc.key)}"
         with target:
             prepared = prepare(tvm, relax, mod, for_tuning=self.trials > 0)
         info: dict[str, Any] = {"target": json.dumps(describe_target(target)), "threads": threads}
         if self.trials > 0:
             work_dir = (self.cache_root or default_cache_root()) / key
-            info.update(tune_cached(tvm, prepared, target, work_dir, self.trials, threads))
+            if self.rpc is not None:  # the runner needs a server: let go of ours while tuning
+                remote = None
+                release_for_tuning(self.rpc)
+            info.update(
+                tune_cached(tvm, prepared, target, work_dir, self.trials, threads, rpc=self.rpc)
+            )
             prepared = apply_database(tvm, relax, prepared, target, work_dir)
         else:
             info.update(tuned=False, trials=0, note=_UNTUNED_NOTE)
@@ -117,4 +151,9 @@ class TVMBackend(Configurable):
             info["dynamic_dims_note"] = _STATIC_NOTE.format(
                 names=", ".join(sorted({d["name"] for d in declared}))
             )
-        return build(tvm, relax, prepared, target, inputs, info, threads)
+        if self.rpc is None:
+            return build(tvm, relax, prepared, target, inputs, info, threads)
+        remote = remote or connect(self.rpc)
+        info["device"] = describe_device(remote, self.rpc, target)
+        executable = compile_executable(tvm, prepared, target, info)
+        return build_remote(tvm, relax, executable, remote, self.rpc, input_specs(inputs), info)

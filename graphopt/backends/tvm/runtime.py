@@ -16,7 +16,16 @@ import torch
 
 from graphopt.errors import BackendError, BackendUnavailableError
 
-__all__ = ["INSTALL_HINT", "TVMCompiledModel", "build", "import_tvm"]
+__all__ = [
+    "INSTALL_HINT",
+    "TVMCompiledModel",
+    "build",
+    "check_inputs",
+    "compile_executable",
+    "flatten_outputs",
+    "import_tvm",
+    "input_specs",
+]
 
 INSTALL_HINT = "pip install 'graphopt[tvm]'"
 
@@ -55,13 +64,13 @@ class TVMCompiledModel:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         import tvm
 
-        arrays = self._check_inputs(inputs)
+        arrays = check_inputs(inputs, self._input_specs)
         self._apply_threads()
         try:
             result = self._main(*(tvm.runtime.tensor(a) for a in arrays))
         except Exception as exc:
             raise BackendError(f"TVM VM failed running the compiled model: {exc}") from exc
-        return _flatten_outputs(result)
+        return flatten_outputs(result)
 
     @property
     def threads(self) -> int:
@@ -78,24 +87,27 @@ class TVMCompiledModel:
             tvm.get_global_func("runtime.config_threadpool")(0, self._threads)  # 0: kBig
             self._threads = num_threads()
 
-    def _check_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Check count, shape and dtype here: the VM's own errors do not say which input."""
-        if len(inputs) != len(self._input_specs):
+
+def check_inputs(
+    inputs: Sequence[np.ndarray], specs: Sequence[tuple[tuple[int, ...], np.dtype]]
+) -> list[np.ndarray]:
+    """Check count, shape and dtype here: the VM's own errors do not say which input."""
+    if len(inputs) != len(specs):
+        raise BackendError(
+            f"TVM model expects {len(specs)} input(s), got {len(inputs)}; "
+            "pass the same number of arrays as example inputs at compile time"
+        )
+    arrays = []
+    for i, (value, (shape, dtype)) in enumerate(zip(inputs, specs, strict=True)):
+        array = np.asarray(value)
+        if array.shape != shape or array.dtype != dtype:
             raise BackendError(
-                f"TVM model expects {len(self._input_specs)} input(s), got {len(inputs)}; "
-                "pass the same number of arrays as example inputs at compile time"
+                f"TVM input {i}: expected shape {shape} and dtype {dtype}, got "
+                f"{array.shape} {array.dtype}; TVM compiles for the example's static shapes, "
+                "so recompile with an example of this shape (or cast the array)"
             )
-        arrays = []
-        for i, (value, (shape, dtype)) in enumerate(zip(inputs, self._input_specs, strict=True)):
-            array = np.asarray(value)
-            if array.shape != shape or array.dtype != dtype:
-                raise BackendError(
-                    f"TVM input {i}: expected shape {shape} and dtype {dtype}, got "
-                    f"{array.shape} {array.dtype}; TVM compiles for the example's static shapes, "
-                    "so recompile with an example of this shape (or cast the array)"
-                )
-            arrays.append(np.ascontiguousarray(array))
-        return arrays
+        arrays.append(np.ascontiguousarray(array))
+    return arrays
 
 
 def build(
@@ -112,15 +124,24 @@ def build(
     ``info["threads"]`` is updated to what the pool really uses, which a user-set
     ``TVM_NUM_THREADS`` may cap below the requested count.
     """
-    try:
-        executable = tvm.compile(prepared, target=target)
-    except Exception as exc:
-        raise BackendError(f"tvm.compile failed for target {info['target']}: {exc}") from exc
+    executable = compile_executable(tvm, prepared, target, info)
     vm = relax.VirtualMachine(executable, tvm.cpu())
-    specs = [(tuple(t.shape), _numpy_dtype(t)) for t in inputs]
-    compiled = TVMCompiledModel(vm, specs, info, threads)
+    compiled = TVMCompiledModel(vm, input_specs(inputs), info, threads)
     info["threads"] = compiled.threads
     return compiled
+
+
+def compile_executable(tvm: Any, prepared: Any, target: Any, info: dict[str, Any]) -> Any:
+    """``tvm.compile`` with the failure named (the executable runs here or on a remote)."""
+    try:
+        return tvm.compile(prepared, target=target)
+    except Exception as exc:
+        raise BackendError(f"tvm.compile failed for target {info['target']}: {exc}") from exc
+
+
+def input_specs(inputs: Sequence[torch.Tensor]) -> list[tuple[tuple[int, ...], np.dtype]]:
+    """``(shape, numpy dtype)`` per example input: what the compiled model accepts."""
+    return [(tuple(t.shape), _numpy_dtype(t)) for t in inputs]
 
 
 def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
@@ -132,10 +153,10 @@ def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
         ) from exc
 
 
-def _flatten_outputs(result: Any) -> list[np.ndarray]:
+def flatten_outputs(result: Any) -> list[np.ndarray]:
     """The VM returns a tensor or (nested) tuples of them; flatten in order, like pytree."""
     if hasattr(result, "numpy"):
         return [result.numpy()]
     if isinstance(result, (list, tuple)) or type(result).__name__ == "Array":
-        return [array for item in result for array in _flatten_outputs(item)]
+        return [array for item in result for array in flatten_outputs(item)]
     raise BackendError(f"TVM VM returned an unexpected {type(result).__name__}")

@@ -80,12 +80,20 @@ def cache_key(tvm: Any, mod: Any, target: Any) -> str:
 
 
 def tune_cached(
-    tvm: Any, prepared: Any, target: Any, work_dir: Path, trials: int, threads: int
+    tvm: Any,
+    prepared: Any,
+    target: Any,
+    work_dir: Path,
+    trials: int,
+    threads: int,
+    *,
+    rpc: Any = None,
 ) -> dict[str, Any]:
     """Tune only the part of the budget the database in ``work_dir`` has not yet spent.
 
     ``graphopt_tuning.json`` records the budget a finished tuning run covered; it is written
-    last, so an interrupted run is tuned again (its records stay and seed the search).
+    last, so an interrupted run is tuned again (its records stay and seed the search). With
+    ``rpc`` (``graphopt.backends.tvm.rpc.RPCOptions``) candidates run on the remote device.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -96,7 +104,7 @@ def tune_cached(
     info: dict[str, Any] = {"tuned": True, "trials": trials, "database": str(work_dir)}
     if done >= trials and records_before > 0:
         return {**info, "reused_database": True, "new_trials": 0, "records": records_before}
-    tasks = _run_tuning(ms, prepared, target, work_dir, trials - done, threads)
+    tasks = _run_tuning(ms, prepared, target, work_dir, trials - done, threads, rpc)
     records = len(ms.database.JSONDatabase(work_dir=str(work_dir)))
     _write_state(work_dir, {"trials": trials, "target": str(target), "tasks": tasks})
     return {
@@ -138,7 +146,7 @@ def apply_database(tvm: Any, relax: Any, prepared: Any, target: Any, work_dir: P
 
 
 def _run_tuning(
-    ms: Any, prepared: Any, target: Any, work_dir: Path, budget: int, threads: int
+    ms: Any, prepared: Any, target: Any, work_dir: Path, budget: int, threads: int, rpc: Any
 ) -> int:
     """Tune every task; heaviest first, one equal round each, then MetaSchedule's gradient.
 
@@ -159,10 +167,12 @@ def _run_tuning(
         return 0
     extracted.sort(key=lambda t: -_task_flops(t) * t.weight)
     with _cpu_tensor_intrinsics():  # TuneContext imports tvm.s_tir.tensor_intrin
-        return _tune_tasks(ms, extracted, work_dir, budget, threads)
+        return _tune_tasks(ms, extracted, work_dir, budget, threads, rpc)
 
 
-def _tune_tasks(ms: Any, extracted: list[Any], work_dir: Path, budget: int, threads: int) -> int:
+def _tune_tasks(
+    ms: Any, extracted: list[Any], work_dir: Path, budget: int, threads: int, rpc: Any = None
+) -> int:
     """Run MetaSchedule's task scheduler over ``extracted`` and append to the JSON database."""
     per_iter = max(1, min(_MAX_TRIALS_PER_ITER, budget // len(extracted)))
     # The search's cost (seconds per round) scales with its population; a round that measures
@@ -193,7 +203,7 @@ def _tune_tasks(ms: Any, extracted: list[Any], work_dir: Path, budget: int, thre
                 builder=ms.builder.LocalBuilder(
                     max_workers=threads, timeout_sec=_BUILD_TIMEOUT_S, f_build=_make_build_fn()
                 ),
-                runner=ms.runner.LocalRunner(timeout_sec=_RUN_TIMEOUT_S),
+                runner=_runner(ms, rpc),
                 database=ms.database.JSONDatabase(work_dir=str(work_dir)),
             )
         except Exception as exc:
@@ -202,6 +212,15 @@ def _tune_tasks(ms: Any, extracted: list[Any], work_dir: Path, budget: int, thre
                 "to start over, or compile with trials=0"
             ) from exc
     return len(contexts)
+
+
+def _runner(ms: Any, rpc: Any) -> Any:
+    """Where candidates are timed: this machine, or the remote device of ``rpc``."""
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=_RUN_TIMEOUT_S)
+    from graphopt.backends.tvm.rpc import tuning_runner
+
+    return tuning_runner(ms, rpc, _RUN_TIMEOUT_S)
 
 
 @contextlib.contextmanager
