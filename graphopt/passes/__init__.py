@@ -11,15 +11,18 @@ from graphopt.passes.base import (
     register_pass,
     registered_passes,
 )
+from graphopt.passes.cluster import Cluster
 from graphopt.passes.fold_batchnorm import FoldBatchNorm
 from graphopt.passes.low_rank import LowRank
 from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.quantize import Quantize
 from graphopt.passes.recover import Recover
 from graphopt.passes.remove_blocks import RemoveBlocks
+from graphopt.passes.sparsify import Sparsify
 
 __all__ = [
     "Adapt",
+    "Cluster",
     "FoldBatchNorm",
     "LowRank",
     "Pass",
@@ -30,6 +33,7 @@ __all__ = [
     "Recover",
     "Refusal",
     "RemoveBlocks",
+    "Sparsify",
     "describe_passes",
     "get_pass",
     "register_pass",

@@ -24,6 +24,12 @@ converted back with ``to_deployable``. The teacher runs without gradients in inf
 (flags restored afterwards) and is never modified; it may not share parameters with the
 student.
 
+Constraints of earlier passes hold while training: sparsity masks stored on the graph
+(``graphopt.sparsity.masks``, by ``sparsify`` and ``cluster``) keep pruned weights at exactly
+zero — re-applied after every optimizer step — and dense-form codebooks
+(``graphopt.codebook.training``) train their centroids instead of the weights they share. A
+constraint that no longer fits the graph is refused with the reason in ``constraints``.
+
 This module is the training loop; what it checks (models, ``train``, each batch's inputs and
 labels) is ``graphopt.recovery.checks``, how it walks ``train`` ``graphopt.recovery.batching``.
 """
@@ -31,6 +37,7 @@ labels) is ``graphopt.recovery.checks``, how it walks ``train`` ``graphopt.recov
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from graphopt.codebook.training import tie_codebooks
 from graphopt.metrics import inference_flags
 from graphopt.options import parse_options
 from graphopt.progress import counted
@@ -50,6 +58,7 @@ from graphopt.recovery.checks import check_inputs, check_labels, check_models, c
 from graphopt.recovery.config import DistillConfig
 from graphopt.recovery.features import FeatureTap, first_tensor, make_tap, probe
 from graphopt.recovery.losses import LossParts, distillation_loss
+from graphopt.sparsity.masks import MaskGuard, graph_masks
 
 __all__ = ["DistillConfig", "DistillHistory", "distill"]
 
@@ -73,6 +82,9 @@ class DistillHistory:
     stopped: str | None = None
     seconds: float = 0.0
     quantized: bool = False
+    masked: int = 0  # parameters whose pruned entries were held at zero
+    codebooks: int = 0  # dense-form codebooks whose centroids were trained
+    constraints: tuple[dict[str, str], ...] = ()  # masks/codebooks refused, with the reason
 
     @property
     def improved(self) -> bool:
@@ -137,9 +149,21 @@ def distill(
         raise TypeError(f"evaluate must be a callable(model) -> float | dict, got {evaluate!r}")
     quantized = bool(is_quantized(student))
     model = to_trainable(copy.deepcopy(student)) if quantized else student
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        history = _Run(model, teacher, train, config, evaluate, progress, quantized).run()
+    tied = tie_codebooks(model)
+    try:
+        guard = MaskGuard(model, {**graph_masks(model), **tied.masks}, covered=tied.weights)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            run = _Run(model, teacher, train, config, evaluate, progress, quantized, guard)
+            history = run.run()
+    finally:
+        tied.release()
+    history = dataclasses.replace(
+        history,
+        masked=len(guard),
+        codebooks=len(tied),
+        constraints=tuple(guard.refused + tied.refused),
+    )
     if not history.improved:
         return student, history
     return (to_deployable(model) if quantized else model), history
@@ -157,8 +181,10 @@ class _Run:
         evaluate: Evaluate | None,
         progress: bool,
         quantized: bool,
+        guard: MaskGuard | None = None,
     ) -> None:
         check_train(train)
+        self.guard = guard
         self.model, self.teacher, self.train = model, teacher, train
         self.config, self.evaluate, self.progress = config, evaluate, progress
         self.mode = config.mode if evaluate is not None else "min"
@@ -208,6 +234,8 @@ class _Run:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if self.guard is not None:
+                    self.guard.after_step()
                 schedule.step()
                 losses.append(loss.item())
                 advance(f"loss {losses[-1]:.4f}")

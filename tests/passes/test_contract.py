@@ -34,8 +34,10 @@ MINIMAL_OPTIONS: dict[str, dict[str, object]] = {
     "recover": {"steps": 2},
     "adapt": {"target_macs": 0.8, "round_to": 2},
     "remove_blocks": {"blocks": 1},
+    "sparsify": {"sparsity": 0.5},
+    "cluster": {"bits": 4},
 }
-IDEMPOTENT = {"fold_batchnorm", "quantize", "low_rank"}
+IDEMPOTENT = {"fold_batchnorm", "quantize", "low_rank", "sparsify", "cluster"}
 
 
 def _model() -> nn.Module:
