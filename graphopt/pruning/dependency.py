@@ -303,12 +303,13 @@ def arg(node: Node, index: int, name: str, default: object = None) -> object:
 def layer_parameters(node: Node) -> tuple[Node | None, Node | None]:
     """(weight, bias) of a layer node, as the rules of ``layer_rules`` read them.
 
-    Conv, transposed conv, linear: ``args[1]``, ``args[2]``; embedding: its table; the matmul
+    Conv, transposed conv, linear: ``args[1]``, ``args[2]``; embedding and a gather from a
+    parameter (``aten.index``): the table; the matmul
     family (``mm``, ``matmul``, ``bmm``, ``addmm``, ``einsum``): the one ``get_attr`` operand,
     and ``addmm``'s ``args[0]`` as the bias.
     """
     name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
-    if name == "embedding":
+    if name in ("embedding", "index"):  # index: rows of a table gathered (``index_rule``)
         return node.args[0], None
     if name in _MATMULS:
         operands = _MATMULS[name](node)

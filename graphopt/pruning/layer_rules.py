@@ -45,11 +45,13 @@ from graphopt.pruning.dependency import (
 )
 
 __all__ = [
+    "activation_product_rule",
     "attention_rule",
     "batch_norm_rule",
     "conv_rule",
     "embedding_rule",
     "group_norm_rule",
+    "index_rule",
     "instance_norm_rule",
     "layer_norm_rule",
     "linear_rule",
@@ -225,6 +227,10 @@ def matmul_rule(cg: ChannelGraph, node: Node) -> None:
     else:
         form, bias = _matrix_product(node, node.args[0], node.args[1]), None
     if form is None:
+        if packet in (aten.mm, aten.bmm, aten.matmul) and not any(
+            _is_param(t) for t in node.args[:2]
+        ):
+            return activation_product_rule(cg, node)
         return unknown(cg, node)
     lay = _input_on(cg, node, form.x, form.x_dim, "reads them on a dim it does not contract")
     size = int(val(form.w).shape[form.w_out])
@@ -240,6 +246,74 @@ def matmul_rule(cg: ChannelGraph, node: Node) -> None:
         cg.record(node, "in", lay.atoms, detail=(form.w_in,))
     cg.record(node, "out", out.atoms, detail=(form.w_out, b_dim))
     set_layout(cg, node, out)
+
+
+def activation_product_rule(cg: ChannelGraph, node: Node) -> None:
+    """``a @ b`` of two activations (eager attention's q @ kᵀ and p @ v): dim by dim.
+
+    With ``a`` ``[…, m, k]`` and ``b`` ``[…, k, n]``: channels on the contracted dims are
+    coupled position by position (a channel zero in both adds nothing to the sum); ``a``'s
+    rows go to the result's dim −2 and ``b``'s columns to −1; batch dims (heads) broadcast as
+    in an elementwise op, channels of both operands there coupled, and an operand full-size
+    there without channels fixes them. One result dim can carry channels: a second is
+    frozen. Coupled heads are recorded (``heads``: nothing to cut, the MACs shrink with them).
+    """
+    a, b = node.args[0], node.args[1]
+    va, vb, vo = val(a), val(b), val(node)
+    if not all(isinstance(v, torch.Tensor) and v.dim() >= 2 for v in (va, vb, vo)):
+        return unknown(cg, node)
+    la, lb, ro = cg.layout(a), cg.layout(b), vo.dim()
+    where = {}  # operand → its channel dim counted from the end (−1, −2, or a batch dim)
+    for x, lay in ((a, la), (b, lb)):
+        if lay is not None:
+            where[x] = lay.dim - val(x).dim()
+    out: list[Layout] = []
+    if where.get(a) == -1 or where.get(b) == -2:
+        if where.get(a) == -1 and where.get(b) == -2 and len(la) == len(lb):
+            cg.couple(la, lb, via=node.name)
+        else:
+            for x, lay, d in ((a, la, -1), (b, lb, -2)):
+                if where.get(x) == d:
+                    cg.freeze(lay.atoms, why(node, "contracts them with fixed channels"))
+    if where.get(a) == -2:
+        out.append(Layout(ro - 2, la.atoms))
+    if where.get(b) == -1:
+        out.append(Layout(ro - 1, lb.atoms))
+    batch = [(x, lay, where[x]) for x, lay in ((a, la), (b, lb)) if where.get(x, 0) < -2]
+    if batch:
+        heads = _product_batch(cg, node, batch)
+        if heads is not None:
+            out.append(heads)
+            cg.record(node, "heads", heads.atoms)
+    for extra in out[1:]:
+        cg.freeze(extra.atoms, why(node, "puts channels on a second dim of its result"))
+    set_layout(cg, node, out[0] if out else None)
+
+
+def _product_batch(
+    cg: ChannelGraph, node: Node, batch: list[tuple[Node, Layout, int]]
+) -> Layout | None:
+    """The result layout of channels on batch dims of a product, or None (frozen)."""
+    a, b = node.args[0], node.args[1]
+    d = {end for _, _, end in batch}
+    if len(d) != 1:
+        for _, lay, _ in batch:
+            cg.freeze(lay.atoms, why(node, "mixes operands with channels on different dims"))
+        return None
+    end = d.pop()
+    tracked = {x for x, _, _ in batch}
+    for other in (a, b):
+        shape = val(other).shape
+        if other not in tracked and -end <= len(shape) and static(shape[end]) != 1:
+            for _, lay, _ in batch:
+                cg.freeze(lay.atoms, why(node, f"combines them with {other.name}, fixed size"))
+            return None
+    lays = [lay for _, lay, _ in batch]
+    if len({len(lay) for lay in lays}) != 1:
+        return None
+    for other in lays[1:]:
+        cg.couple(lays[0], other, via=node.name)
+    return Layout(val(node).dim() + end, lays[0].atoms)
 
 
 def embedding_rule(cg: ChannelGraph, node: Node) -> None:
@@ -337,24 +411,109 @@ def group_norm_rule(cg: ChannelGraph, node: Node) -> None:
 
 
 def attention_rule(cg: ChannelGraph, node: Node) -> None:
+    """``softmax(q kᵀ · scale + mask) v``: heads, or the channels of one head.
+
+    Heads (dim −3 of q, k, v): coupled head by head, with a mask whose head dim carries
+    channels too (a relative position bias made per head, T5's or BEiT's), and cut whole
+    (``heads``). Without heads there, the channels of q and k (dim −1) are coupled when the
+    scale is given (the default 1/√d would change with them), and v's channels (dim −1) pass to
+    the output. Grouped-query attention, a mask with other channels and every other placement
+    freeze them.
+    """
     q, k, v = node.args[:3]
     mask = arg(node, 3, "attn_mask")
-    lays = [cg.layout(t) for t in (q, k, v)]
-    mask_lay = cg.layout(mask)
+    lq, lk, lv, lm = (cg.layout(t) for t in (q, k, v, mask))
+    rank = val(q).dim()
+    head_dim = rank - 3
+    on_heads = [lay for lay in (lq, lk, lv) if lay is not None and lay.dim == head_dim]
+    gqa = node.kwargs.get("enable_gqa", False)
+    if on_heads and not gqa and head_dim >= 0:
+        heads = _attention_heads(cg, node, (lq, lk, lv), lm)
+        if heads is not None:
+            return set_layout(cg, node, heads)
+    elif not gqa and head_dim >= 0 and lm is None:
+        return _attention_channels(cg, node, lq, lk, lv)
+    _freeze_attention(cg, node, (lq, lk, lv, lm))
+    set_layout(cg, node, None)
+
+
+def _freeze_attention(cg: ChannelGraph, node: Node, lays: Sequence[Layout | None]) -> None:
+    for lay in lays:
+        if lay is not None:
+            cg.freeze(lay.atoms, why(node, "needs q, k, v with prunable heads on dim -3"))
+
+
+def _attention_heads(
+    cg: ChannelGraph, node: Node, qkv: tuple[Layout | None, ...], lm: Layout | None
+) -> Layout | None:
+    """Heads coupled across q, k, v and a per-head mask; None when they cannot be."""
+    q, mask = node.args[0], arg(node, 3, "attn_mask")
     head_dim = val(q).dim() - 3
-    ok = head_dim >= 0 and not node.kwargs.get("enable_gqa", False) and mask_lay is None
-    ok = ok and all(lay is not None and lay.dim == head_dim for lay in lays)
-    ok = ok and len({len(lay) for lay in lays if lay is not None}) == 1
-    if ok and isinstance(val(mask), torch.Tensor):
+    if not all(lay is not None and lay.dim == head_dim for lay in qkv):
+        return None
+    if len({len(lay) for lay in qkv}) != 1:
+        return None
+    if isinstance(val(mask), torch.Tensor):
         m = val(mask)
         md = head_dim - (val(q).dim() - m.dim())
-        ok = md < 0 or static(m.shape[md]) == 1
-    if not ok:
-        for lay in [*lays, mask_lay]:
-            if lay is not None:
-                cg.freeze(lay.atoms, why(node, "needs q, k, v with prunable heads on dim -3"))
-        return set_layout(cg, node, None)
-    cg.couple(lays[0], lays[1], via=node.name)
-    cg.couple(lays[0], lays[2], via=node.name)
-    cg.record(node, "heads", lays[2].atoms)
-    set_layout(cg, node, lays[2])
+        per_head = md >= 0 and static(m.shape[md]) != 1
+        if lm is not None and (lm.dim != md or len(lm) != len(qkv[0])):
+            return None
+        if lm is None and per_head:
+            return None
+    lq, lk, lv = qkv
+    cg.couple(lq, lk, via=node.name)
+    cg.couple(lq, lv, via=node.name)
+    if lm is not None:
+        cg.couple(lq, lm, via=f"{node.name} (per-head mask)")
+    cg.record(node, "heads", lv.atoms)
+    return lv
+
+
+def _attention_channels(
+    cg: ChannelGraph, node: Node, lq: Layout | None, lk: Layout | None, lv: Layout | None
+) -> None:
+    """No heads on dim −3: q·k channels coupled (given a scale), v's channels pass."""
+    last = val(node.args[0]).dim() - 1
+    scale = node.kwargs.get("scale", node.args[6] if len(node.args) > 6 else None)
+    qk = [lay for lay in (lq, lk) if lay is not None]
+    paired = len(qk) == 2 and all(lay.dim == last for lay in qk) and len(lq) == len(lk)
+    if paired and scale is not None:
+        cg.couple(lq, lk, via=node.name)
+    else:
+        what = "sums them in q·kᵀ under the default scale 1/√d, which they set"
+        for lay in qk:
+            cg.freeze(lay.atoms, why(node, what if paired else "pairs them with fixed channels"))
+    if lv is not None and lv.dim == val(node.args[2]).dim() - 1:
+        return set_layout(cg, node, Layout(val(node).dim() - 1, lv.atoms))
+    if lv is not None:
+        cg.freeze(lv.atoms, why(node, "attends over them"))
+    set_layout(cg, node, None)
+
+
+def index_rule(cg: ChannelGraph, node: Node) -> None:
+    """``x[idx]`` (``aten.index.Tensor``) with one index tensor on dim 0.
+
+    Rows gathered from a 2-d parameter are an embedding lookup (a relative position bias
+    table ``[distances, heads]`` read by a position index): its columns are a new source,
+    cut like an embedding's (``out``). Channels of an activation on a dim that is not
+    indexed pass, moved by the index's rank. Anything else freezes.
+    """
+    x, indices = node.args[0], list(node.args[1])
+    idx = indices[0] if len(indices) == 1 else None
+    if not isinstance(val(idx), torch.Tensor) or isinstance(val(x), (list, tuple)):
+        return unknown(cg, node)
+    if (lay := cg.layout(idx)) is not None:
+        cg.freeze(lay.atoms, why(node, "uses them as indices"))
+    lay = cg.layout(x)
+    if _is_param(x) and val(x).dim() == 2:
+        atoms = cg.new_space(node, int(val(x).shape[1]), source=True)
+        reason = cg.claim(node, [(x, {1: atoms})])
+        if reason is not None:
+            cg.freeze(atoms, reason)
+        else:
+            cg.record(node, "out", atoms, detail=(1, NO_DIM))
+        return set_layout(cg, node, Layout(val(node).dim() - 1, atoms))
+    if lay is None or lay.dim == 0:
+        return unknown(cg, node) if lay is not None else set_layout(cg, node, None)
+    set_layout(cg, node, Layout(lay.dim - 1 + val(idx).dim(), lay.atoms))

@@ -16,7 +16,11 @@ linear                      new source on the last dim (``out``); input features
 mm, addmm, matmul, bmm,     with one parameter operand (GPT-2's Conv1D: ``addmm(b, x, W)``):
 einsum                      a linear layer, ``x @ W[in, out]`` or ``W[out, in] @ x``, einsum
                             by its letters (one contracted, one new); addmm's bias sliced.
-                            Between two activations (q @ kᵀ): unknown
+                            Between two activations (eager q @ kᵀ, p @ v): contracted dims
+                            coupled, rows/columns pass, batch dims (heads) coupled
+index                       rows of a 2-d parameter gathered (a relative position bias
+                            table): its columns are a new source, cut like an embedding's;
+                            an activation's channels on a dim not indexed pass
 embedding                   new source: the embedding dimension (``out``)
 tied parameters             one tensor read by several layers (embedding = LM head, a block
                             applied twice): their channels on each shared dim are coupled,
@@ -31,7 +35,9 @@ prelu                       one slope per channel sliced (``channelwise``); one 
 elementwise (relu(_),       pass channels through; operands broadcast from the right; two
 hardtanh(_), gelu, silu,    operands with channels on the same dim are coupled position by
 dropout, add, mul, …)       position (residual add, squeeze-excite mul); a parameter with one
-                            value per channel is sliced (``channelwise``: ``x @ w + b``);
+                            value per channel is sliced (``channelwise``: ``x @ w + b``),
+                            also seen through unsqueeze/expand/casts (a layer scale
+                            ``γ[:, None, None]``, a class token ``cls.expand(B, -1, -1)``);
                             another operand without channels but full-size there freezes them
 pools, upsample_* (nearest, pass channels if the channel dim is not a spatial dim
 (bi)linear, bicubic,
@@ -47,15 +53,21 @@ unflatten/(un)squeeze       the right: ``view(-1, C)`` merges a batch dim); a me
                             spatial dims repeats a channel's atom (flatten → linear); a split
                             into blocks couples each block (heads); a channel shuffle
                             (split, swap, merge) keeps the finer of its two couplings; size
-                            constants recorded (``shape``)
+                            constants recorded (``shape``); ``reshape_as(other)`` couples
+                            ``other``'s channels with the result's
+roll                        along other dims: pass (Swin's shifted windows); along them:
+                            freeze
+expand                      channels pass unless broadcast; their written size (``shape``):
+                            GQA's repeated key/value heads each couple their query heads
 permute/transpose/t,        move the channel dim; select/slice along it freeze it (a full
 select, slice               slice passes)
 cat                         along the channel dim: concatenates atoms (graph inputs and other
                             fixed tensors get frozen atoms); along another dim: couples
 split/chunk/unbind          along the channel dim: slices atoms, sizes recorded (``split``);
                             the first channel of every chunk is frozen so no chunk empties
-scaled_dot_product_attn.    q, k, v heads (dim −3) coupled head by head (``heads``); channels
-                            on the head dim (−1) or a per-head mask freeze them
+scaled_dot_product_attn.    q, k, v heads (dim −3) coupled head by head (``heads``), with a
+                            per-head mask's channels (T5's bias); with no heads there, q and
+                            k channels (dim −1) coupled when the scale is given, v's pass
 _assert_tensor_metadata     a dtype/device check passes; one that pins sizes freezes
 anything else               freezes every channel that touches it
 ==========================  ===============================================================
@@ -89,6 +101,7 @@ from graphopt.pruning.layer_rules import (
     conv_rule,
     embedding_rule,
     group_norm_rule,
+    index_rule,
     instance_norm_rule,
     layer_norm_rule,
     linear_rule,
@@ -156,7 +169,7 @@ def _elementwise(cg: ChannelGraph, node: Node) -> None:
     size = static(out.shape[d])
     coupled: list[Layout] = []
     fixed: list[Node] = []
-    params: list[tuple[Node, int]] = []
+    params: list[tuple[Node, Node, int]] = []  # (parameter, node holding it as args[0], dim)
     for a in tensors:
         value, lay = val(a), cg.layout(a)
         ad = d - (rank - value.dim())
@@ -166,24 +179,61 @@ def _elementwise(cg: ChannelGraph, node: Node) -> None:
         elif lay is not None:
             cg.freeze(lay.atoms, why(node, "broadcasts a channel tensor"))
         elif full and size != 1 and a.op == "get_attr" and a in node.args:
-            params.append((a, ad))
+            params.append((a, node, ad))
+        elif full and size != 1 and (seen := _parameter_behind(a, ad)) is not None:
+            params.append(seen)
         elif full and size != 1:
             fixed.append(a)
-    if len(params) > 1:  # one channelwise record per node
-        fixed.extend(a for a, _ in params)
+    if sum(holder is node for _, holder, _ in params) > 1:  # one channelwise record per node
+        fixed.extend(a for a, holder, _ in params if holder is node)
     if fixed or not coupled:
         for lay in coupled:
             cg.freeze(lay.atoms, why(node, f"combines them with {fixed[0].name}, fixed size"))
         return set_layout(cg, node, None)
     for other in coupled[1:]:
         cg.couple(coupled[0], other, via=node.name)
-    for a, ad in params:
-        reason = cg.claim(node, [(a, {ad: coupled[0].atoms})])
+    for a, holder, ad in params:
+        reason = cg.claim(holder, [(a, {ad: coupled[0].atoms})])
         if reason is None:
-            cg.record(node, "channelwise", coupled[0].atoms, detail=(node.args.index(a), ad))
+            index = holder.args.index(a)
+            cg.record(holder, "channelwise", coupled[0].atoms, detail=(index, ad))
         else:
             cg.freeze(coupled[0].atoms, reason)
     set_layout(cg, node, coupled[0])
+
+
+def _parameter_behind(a: Node, dim: int) -> tuple[Node, Node, int] | None:
+    """(parameter, the node reading it, its dim) when ``a`` is a parameter seen through views.
+
+    ``a``'s dim ``dim`` must be one of the parameter's own dims (not a dim ``unsqueeze`` or
+    ``expand`` made), every node on the way must have one user (so slicing the parameter
+    changes this operand only), and an ``expand`` must give that dim as ``-1``: a written
+    size would need rewriting. The first node after the parameter is the one the surgery
+    slices through (``channelwise`` on its ``args[0]``).
+    """
+    holder = None
+    while a.op != "get_attr":
+        packet = getattr(a.target, "overloadpacket", None)
+        if a.op != "call_function" or packet not in _PARAMETER_VIEWS or len(a.users) != 1:
+            return None
+        src = a.args[0]
+        if not isinstance(src, Node) or not isinstance(val(src), torch.Tensor):
+            return None
+        if packet is aten.unsqueeze:
+            k = norm_dim(a.args[1], val(a).dim())
+            if dim == k:
+                return None
+            dim -= dim > k
+        elif packet is aten.expand:
+            lead = val(a).dim() - val(src).dim()
+            sizes = list(a.args[1])
+            if dim < lead or sizes[dim] != -1:
+                return None
+            dim -= lead
+        holder, a = a, src
+    if holder is None or len(a.users) != 1:
+        return None
+    return a, holder, dim
 
 
 def _spatial(count: int) -> Rule:
@@ -255,6 +305,41 @@ def _pixel_shuffle(cg: ChannelGraph, node: Node) -> None:
     for start in range(0, len(lay), block):
         cg.union_all(lay.atoms[start : start + block], via=f"{node.name} (r²={block} block)")
     set_layout(cg, node, Layout(cdim, lay.atoms[::block]))
+
+
+def _expand(cg: ChannelGraph, node: Node) -> None:
+    """Broadcast to a larger shape (GQA's ``repeat_kv``: ``k[:, :, None].expand(…)``).
+
+    The channels keep their positions (new dims come first) when their dim is not the one
+    broadcast; a size written there (rather than ``-1``) is the channel count (``shape``).
+    """
+    src = node.args[0]
+    lay = cg.layout(src)
+    if lay is None:
+        return set_layout(cg, node, None)
+    d = lay.dim + val(node).dim() - val(src).dim()
+    entry = list(node.args[1])[d]
+    if static(val(node).shape[d]) != len(lay) or len(lay) == 1:
+        return freeze_and_clear(cg, node, lay, "broadcasts along the channels")
+    if isinstance(entry, int) and entry >= 0:
+        cg.record(node, "shape", lay.atoms, detail=(d,))
+    elif entry != -1:
+        return freeze_and_clear(cg, node, lay, "sets the channel count from a computed size")
+    set_layout(cg, node, Layout(d, lay.atoms))
+
+
+def _roll(cg: ChannelGraph, node: Node) -> None:
+    """A roll along other dims passes the channels (Swin's shifted windows); along them, or
+    flattened (no ``dims``), it moves channels to other positions: frozen."""
+    lay = cg.layout(node.args[0])
+    if lay is None:
+        return set_layout(cg, node, None)
+    dims = arg(node, 2, "dims", [])
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    rank = val(node.args[0]).dim()
+    if not dims or lay.dim in {norm_dim(d, rank) for d in dims}:
+        return freeze_and_clear(cg, node, lay, "rolls the channels")
+    set_layout(cg, node, lay)
 
 
 def _assert_metadata(cg: ChannelGraph, node: Node) -> None:
@@ -381,6 +466,23 @@ def _reshape(cg: ChannelGraph, node: Node) -> None:
         elif entry != -1:
             cg.freeze(lay.atoms, why(node, "sets the channel count from a computed size"))
     set_layout(cg, node, new)
+
+
+def _reshape_as(cg: ChannelGraph, node: Node) -> None:
+    """``x.reshape_as(other)``: ``reshape`` to ``other``'s shape, read at run time.
+
+    Nothing to rewrite, but ``other`` must shrink with ``x``: its channels must sit where
+    ``x``'s land, and they are coupled; an ``other`` without channels there fixes their count.
+    """
+    other = node.args[1]
+    _reshape(cg, node)
+    new, lay = cg.layout(node), cg.layout(other)
+    if new is None:
+        return
+    if lay is None or lay.dim != new.dim or len(lay) != len(new):
+        cg.freeze(new.atoms, why(node, "takes their count from a tensor with other channels"))
+        return set_layout(cg, node, None)
+    cg.couple(new, lay, via=node.name)
 
 
 def _unit_axis(node: Node, shape: tuple, varying: list[int], dims_out: list[int]) -> int:
@@ -518,7 +620,8 @@ def _packets(names: str) -> list[object]:
 _ELEMENTWISE = _packets(
     "relu relu_ relu6 hardtanh hardtanh_ gelu gelu_ silu silu_ sigmoid sigmoid_ tanh tanh_ "
     "hardswish hardswish_ hardsigmoid hardsigmoid_ leaky_relu leaky_relu_ elu elu_ mish mish_ "
-    "softplus dropout feature_dropout alpha_dropout clone contiguous alias detach _to_copy to "
+    "softplus dropout dropout_ feature_dropout feature_dropout_ alpha_dropout alpha_dropout_ "
+    "clone contiguous alias detach _to_copy to "
     "type_as add add_ sub sub_ mul mul_ div div_ neg abs exp log sqrt rsqrt pow erf clamp "
     "clamp_ clamp_min clamp_max where masked_fill reciprocal square maximum minimum"
 )
@@ -548,6 +651,12 @@ _SPATIAL = {
         3,
     ),
 }
+# ops a per-channel parameter passes through on its way to an elementwise op, unchanged but
+# for new size-1 or broadcast dims (a layer scale ``gamma.unsqueeze(-1).unsqueeze(-1)``, a
+# class token ``cls.expand(batch, -1, -1)``) or its dtype (``_parameter_behind``)
+_PARAMETER_VIEWS = frozenset(
+    _packets("unsqueeze expand _to_copy to type_as clone contiguous detach alias")
+)
 _PADS = _packets(
     "pad constant_pad_nd reflection_pad1d reflection_pad2d reflection_pad3d "
     "replication_pad1d replication_pad2d replication_pad3d"
@@ -564,6 +673,7 @@ _RULES: dict[object, Rule] = {
     **dict.fromkeys(
         _packets("view reshape _unsafe_view flatten unflatten squeeze unsqueeze"), _reshape
     ),
+    **dict.fromkeys(_packets("reshape_as view_as"), _reshape_as),
     **dict.fromkeys(_packets("permute transpose t"), _permute),
     aten.select: _select,
     aten.slice: _slice,
@@ -587,5 +697,8 @@ _RULES: dict[object, Rule] = {
     aten.layer_norm: layer_norm_rule,
     aten.group_norm: group_norm_rule,
     aten.scaled_dot_product_attention: attention_rule,
+    aten.index: index_rule,
+    aten.roll: _roll,
+    aten.expand: _expand,
     aten.sym_size: _sym_size,
 }

@@ -19,7 +19,7 @@ channelwise  a channel-wise op's per-channel parameter operand: PReLU's slopes, 
 groups       a grouped conv's ``groups``: kept input channels / input channels per group (a
              conv's weight dim 1 is per group and does not change; a transposed conv's dim 0
              holds every group's inputs and is cut)
-shape        the size constant of a view/reshape/unflatten at the channel dim
+shape        the size constant of a view/reshape/unflatten/expand at the channel dim
 split        split/chunk → ``split_with_sizes`` with each chunk's kept count
 heads        nothing: attention reads the head count from q, k, v
 ===========  =================================================================================
@@ -164,7 +164,7 @@ def prune_groups_arg(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tu
 
 
 def resize_shape(gm: GraphModule, node: Node, keep: torch.Tensor, detail: tuple) -> None:
-    """The view/reshape/unflatten size constant at the channel dim becomes the kept count."""
+    """The view/reshape/unflatten/expand size constant at the channel dim: the kept count."""
     index = 2 if node.target.overloadpacket is aten.unflatten else 1
     args = list(node.args)
     sizes = list(args[index])

@@ -10,7 +10,8 @@ uint8 is the default.
 
 Weights are per output channel, symmetric int8 over [−127, 127] (``s_c = max|W_c| / 127``):
 the restricted range keeps the int8 × uint8 products of VNNI kernels from saturating, and
-symmetric weights make the zero point vanish from the integer accumulation.
+symmetric weights make the zero point vanish from the integer accumulation. A channel's
+scale is raised when its bias would not fit ORT's int32 bias otherwise (``quantize_weight``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "ACTIVATION_DTYPES",
+    "INT32_BIAS_LIMIT",
     "WEIGHT_QMAX",
     "ActivationQParams",
     "activation_qparams",
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 WEIGHT_QMAX = 127
+INT32_BIAS_LIMIT = float(2**30)  # |int32 bias| ORT may compute, with room for the accumulation
 _TINY = float(torch.finfo(torch.float32).tiny) * 2**20  # smallest range treated as non-zero
 
 ACTIVATION_DTYPES = {"uint8": (torch.uint8, 0, 255), "int8": (torch.int8, -128, 127)}
@@ -74,13 +77,31 @@ def _float32(value: float) -> float:
     return float(torch.tensor(value, dtype=torch.float32))
 
 
-def quantize_weight(weight: Tensor, axis: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-channel symmetric int8: ``(q int8, scales float32, zero_points int64)``."""
+def quantize_weight(
+    weight: Tensor,
+    axis: int = 0,
+    *,
+    bias: Tensor | None = None,
+    input_scale: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel symmetric int8: ``(q int8, scales float32, zero_points int64)``.
+
+    With the layer's float ``bias`` and its input's activation ``input_scale``, each channel's
+    scale is raised where needed so that ONNX Runtime's int32 bias ``round(b_c / (s_x · s_c))``
+    stays within ±2³⁰ (half the int32 range, the rest left to the accumulation), as ORT's own
+    quantizer adjusts weight scales for int32 biases. Without it an input whose range is
+    nearly zero (seen: 1.8e-15, a random-init EfficientNet's pooled features) makes QGemm
+    overflow the bias and output zeros, while the QDQ graph in torch is right. Such a channel
+    then holds coarser (or zero) weights, which changes nothing there: its input is ~0.
+    """
     moved = weight.detach().float().movedim(axis, 0)
     bound = moved.reshape(moved.shape[0], -1).abs().amax(1)
     # An all-zero channel gets scale 1 (exact for zeros), as ORT's quantizer does: a tiny scale
     # would make ORT's int32 bias (bias / (s_x · s_w)) overflow.
     scales = torch.where(bound > 0, torch.clamp(bound / WEIGHT_QMAX, min=_TINY), 1.0)
+    if bias is not None and input_scale is not None and bias.numel() == scales.numel():
+        floor = bias.detach().float().abs().reshape(-1) / (input_scale * INT32_BIAS_LIMIT)
+        scales = torch.maximum(scales, floor)
     shape = [-1] + [1] * (moved.dim() - 1)
     q = torch.clamp(torch.round(moved / scales.view(shape)), -WEIGHT_QMAX, WEIGHT_QMAX)
     return (

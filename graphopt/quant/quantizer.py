@@ -24,7 +24,7 @@ from graphopt.errors import NumericsError
 from graphopt.ir import is_op
 from graphopt.quant.calibrate import STAGE, observe
 from graphopt.quant.observers import make_observer
-from graphopt.quant.placement import QuantLayer, find_sites
+from graphopt.quant.placement import QuantLayer, Sites, find_sites
 from graphopt.quant.qparams import ActivationQParams, activation_qparams
 from graphopt.quant.rewrite import insert_activation_qdq, quantize_weights
 from graphopt.quant.simulate import fast_simulation
@@ -101,11 +101,30 @@ def convert(
             {k: v for k, v in sites.shared.items() if v in qparams},
             sites.float_readers,
         )
-    weights = quantize_weights(out, layers)
+    weights = quantize_weights(out, layers, _input_scales(out, layers, sites, qparams))
     pairs = insert_activation_qdq(out, sites, qparams)
     out.graph.lint()
     out.recompile()
     return Converted(out, weights, pairs)
+
+
+def _input_scales(
+    gm: GraphModule,
+    layers: Sequence[QuantLayer],
+    sites: Sites,
+    qparams: dict[str, ActivationQParams],
+) -> dict[str, float]:
+    """Layer node → the activation scale of the input it reads quantized (where it does)."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    scales = {}
+    for layer in layers:
+        x = nodes[layer.node].args[0]
+        name = getattr(x, "name", None)
+        if name in sites.own or name in sites.shared:
+            key = sites.shared.get(name, name)
+            if key in qparams:
+                scales[layer.node] = qparams[key].scale
+    return scales
 
 
 def run_batches(gm: torch.nn.Module, batches: Collection[tuple[Tensor, ...]]) -> list[Tensor]:

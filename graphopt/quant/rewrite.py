@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.ao.quantization.fx._decomposed  # registers the quantized_decomposed ops
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
 from graphopt.errors import NumericsError
 from graphopt.ir import drop_unused_attribute, fresh_attribute_name, get_tensor, set_tensor
@@ -41,38 +41,70 @@ class QuantOps:
     dq_channel = torch.ops.quantized_decomposed.dequantize_per_channel.default
 
 
-def quantize_weights(gm: GraphModule, layers: Sequence[QuantLayer]) -> int:
-    """Store each layer's weight as int8 (per output channel) behind a dequantize node."""
+def quantize_weights(
+    gm: GraphModule,
+    layers: Sequence[QuantLayer],
+    input_scales: Mapping[str, float] | None = None,
+) -> int:
+    """Store each layer's weight as int8 (per output channel) behind a dequantize node.
+
+    ``input_scales`` (layer node → its input's activation scale) lets the weight scales keep
+    the layer's bias within ORT's int32 bias (see ``quantize_weight``). A weight that several
+    layers read (ALBERT applies one layer to every depth) is stored once, behind one dequantize
+    node that all of them read, with the smallest of their input scales (the one whose bias
+    needs the most room): one int8 copy per use would multiply the parameters instead.
+    Returns the number of layers that now read an int8 weight.
+    """
+    input_scales = input_scales or {}
     nodes = {n.name: n for n in gm.graph.nodes}
-    done = 0
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    shared: dict[int, list[tuple[QuantLayer, Node]]] = {}
     for layer in layers:
         node = nodes[layer.node]
-        weight_node = node.args[1]
-        weight = get_tensor(gm, weight_node)
-        if weight is None:
-            continue
-        if not bool(torch.isfinite(weight).all()):
-            raise NumericsError(
-                STAGE,
-                f"the weight {layer.weight} of node {layer.node} holds NaN or inf, so its "
-                "int8 scales would be non-finite; the stage before produced it",
-            )
-        q, scales, zero_points = quantize_weight(weight, axis=0)
-        names = {}
-        for suffix, value in (("int8", q), ("scale", scales), ("zero_point", zero_points)):
-            names[suffix] = fresh_attribute_name(gm, f"{layer.weight}_{suffix}")
-            set_tensor(gm, names[suffix], value, parameter=False)
-        with gm.graph.inserting_before(node):
-            args = [gm.graph.get_attr(names[s]) for s in ("int8", "scale", "zero_point")]
-            dequant = gm.graph.call_function(
-                QuantOps.dq_channel,
-                (*args, 0, -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8),
-            )
-        dequant.meta[QUANT_META] = "weight"
-        node.replace_input_with(weight_node, dequant)
-        drop_unused_attribute(gm, weight_node)
-        done += 1
+        weight = get_tensor(gm, node.args[1])
+        if weight is not None:
+            shared.setdefault(id(weight), []).append((layer, node))
+    done = 0
+    for users in shared.values():
+        users.sort(key=lambda pair: order[pair[1]])
+        done += _quantize_shared_weight(gm, users, input_scales)
     return done
+
+
+def _quantize_shared_weight(
+    gm: GraphModule, users: Sequence[tuple[QuantLayer, Node]], input_scales: Mapping[str, float]
+) -> int:
+    """One weight tensor (read by ``users``, in graph order) as int8 behind one dequantize."""
+    layer, first = users[0]
+    weight_nodes = [node.args[1] for _, node in users]
+    weight = get_tensor(gm, weight_nodes[0])
+    if not bool(torch.isfinite(weight).all()):
+        raise NumericsError(
+            STAGE,
+            f"the weight {layer.weight} of node {layer.node} holds NaN or inf, so its "
+            "int8 scales would be non-finite; the stage before produced it",
+        )
+    bias_node = first.args[2] if len(first.args) > 2 else first.kwargs.get("bias")
+    known = [input_scales[lay.node] for lay, _ in users if lay.node in input_scales]
+    q, scales, zero_points = quantize_weight(
+        weight, axis=0, bias=get_tensor(gm, bias_node), input_scale=min(known, default=None)
+    )
+    names = {}
+    for suffix, value in (("int8", q), ("scale", scales), ("zero_point", zero_points)):
+        names[suffix] = fresh_attribute_name(gm, f"{layer.weight}_{suffix}")
+        set_tensor(gm, names[suffix], value, parameter=False)
+    with gm.graph.inserting_before(first):
+        args = [gm.graph.get_attr(names[s]) for s in ("int8", "scale", "zero_point")]
+        dequant = gm.graph.call_function(
+            QuantOps.dq_channel,
+            (*args, 0, -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8),
+        )
+    dequant.meta[QUANT_META] = "weight"
+    for (_, node), weight_node in zip(users, weight_nodes, strict=True):
+        node.replace_input_with(weight_node, dequant)
+    for weight_node in dict.fromkeys(weight_nodes):
+        drop_unused_attribute(gm, weight_node)
+    return len(users)
 
 
 def insert_activation_qdq(

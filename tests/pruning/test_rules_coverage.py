@@ -22,6 +22,7 @@ from graphopt.pruning import find_groups, supported_ops
 from graphopt.pruning.importance import member_scores
 from tests.pruning import coverage_models as cm
 from tests.pruning import models
+from tests.pruning import thirdparty_models as tm
 from tests.pruning.exactness import group, prune_dead
 
 IMAGE = (2, 3, 8, 8)
@@ -289,6 +290,145 @@ def test_the_prune_pass_shrinks_a_unet() -> None:
 )
 def test_pruned_conv_models_export_to_onnx_and_match(cls, removals) -> None:
     gm, inputs = _image(cls)
+    _, pruned = prune_dead(gm, inputs, removals)
+    compiled = OnnxRuntimeBackend().compile(pruned, inputs)
+    with torch.no_grad():
+        expected = flat_torch_outputs(pruned(*inputs))
+    assert relative_diff(expected, compiled.run(to_numpy_inputs(inputs))) <= 1e-4
+
+
+# --------------------------------------------------------------------------- third-party patterns
+# (tests.pruning.thirdparty_models: what the architectures of tests/coverage needed)
+
+TOKENS = (2, 4, 8)
+
+
+def _tokens(model: torch.nn.Module, shape: tuple[int, ...] = TOKENS):
+    return _trace(model, torch.randn(shape, generator=torch.Generator().manual_seed(1)))
+
+
+def test_a_layer_scale_through_unsqueeze_and_an_inplace_dropout_are_sliced() -> None:
+    gm, inputs = _image(tm.LayerScale)
+    stream = group(gm, "conv1")
+    assert not stream.frozen_units
+    assert "unsqueeze:channelwise" in {str(m) for m in stream.members}
+    _, pruned = prune_dead(gm, inputs, {"conv1": [0, 5]})
+    assert pruned.get_parameter("gamma").shape == (6,)
+    assert pruned.get_parameter("conv2.weight").shape == (6, 6, 1, 1)
+
+
+def test_a_class_token_expanded_over_the_batch_is_cut_with_the_stream() -> None:
+    gm, inputs = _trace(tm.ClassToken(), torch.randn(2, 4, 6))
+    stream = group(gm, "embed")
+    assert not stream.frozen_units
+    assert {"expand:channelwise", "add:channelwise"} <= {str(m) for m in stream.members}
+    assert "fc:out" in {str(m) for m in stream.members}  # the residual joins it
+    _, pruned = prune_dead(gm, inputs, {"embed": [1, 6]})
+    assert pruned.get_parameter("cls").shape == (1, 1, 6)
+    assert pruned.get_parameter("fc.weight").shape == (6, 6)
+    assert pruned.get_parameter("pos").shape == (1, 5, 6)
+    assert pruned.get_parameter("head.weight").shape == (3, 6)
+
+
+def test_eager_attention_matmuls_couple_the_heads_of_q_k_and_v() -> None:
+    gm, inputs = _tokens(tm.EagerAttention())
+    heads = group(gm, "q")
+    assert heads.num_units == 2 and not heads.frozen_units
+    assert {"q:out", "k:out", "v:out", "o:in"} <= {str(m) for m in heads.members}
+    assert sum(m.role == "heads" for m in heads.members) == 2  # q @ kᵀ and p @ v
+    _, pruned = prune_dead(gm, inputs, {"q": [1]})
+    assert pruned.get_parameter("k.weight").shape == (4, 8)
+    assert pruned.get_parameter("o.weight").shape == (8, 4)
+
+
+def test_a_product_with_fixed_channels_on_its_batch_dim_freezes_them() -> None:
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            # fc's channels on batch dim 1 of the product; y is full-size there: fixed
+            return self.fc(x).transpose(1, 2).unsqueeze(-1) @ y
+
+    x, y = torch.randn(2, 3, 8), torch.randn(2, 8, 1, 5)
+    gm = trace(models.seeded(Fixed()), (x, y))
+    fc = group(gm, "fc")
+    assert fc.frozen and any("fixed size" in r for r in fc.frozen_reasons)
+
+
+def test_reshape_as_after_a_flattened_batch_norm_follows_the_channels() -> None:
+    gm, inputs = _trace(tm.FlatBatchNorm(), torch.randn(2, 4, 6))
+    g = group(gm, "fc1")
+    assert not g.frozen_units and "bn:norm" in {str(m) for m in g.members}
+    _, pruned = prune_dead(gm, inputs, {"fc1": [2, 3, 7]})
+    assert pruned.get_buffer("bn.running_var").shape == (5,)
+    assert pruned.get_parameter("fc2.weight").shape == (3, 5)
+
+
+@pytest.mark.parametrize("table", ["embedding", "gather"])
+def test_a_per_head_position_bias_is_cut_with_its_head(table: str) -> None:
+    gm, inputs = _tokens(tm.BiasedAttention(table))
+    heads = group(gm, "q")
+    table_member = "rel:out" if table == "embedding" else "index:out"  # a bare parameter
+    assert not heads.frozen_units and table_member in {str(m) for m in heads.members}
+    _, pruned = prune_dead(gm, inputs, {"q": [0]})
+    weight = pruned.get_parameter("rel.weight" if table == "embedding" else "rel")
+    assert weight.shape == (7, 1)
+    assert pruned.get_parameter("v.weight").shape == (4, 8)
+
+
+def test_one_head_prunes_the_channels_of_q_k_together_and_of_v_alone() -> None:
+    gm, inputs = _tokens(tm.OneHead())
+    qk, v = group(gm, "q"), group(gm, "v")
+    assert {"q:out", "k:out"} <= {str(m) for m in qk.members} and not qk.frozen_units
+    assert "o:in" in {str(m) for m in v.members} and not v.frozen_units
+    _, pruned = prune_dead(gm, inputs, {"q": [0, 9], "v": [3]})
+    assert pruned.get_parameter("k.weight").shape == (14, 8)
+    assert pruned.get_parameter("o.weight").shape == (8, 15)
+
+
+def test_one_head_under_the_default_scale_keeps_q_and_k() -> None:
+    gm, _ = _tokens(tm.OneHead(scale=None))
+    qk = group(gm, "q")
+    assert qk.frozen and any("default scale" in r for r in qk.frozen_reasons)
+    assert not group(gm, "v").frozen_units  # the value channels do not touch the scale
+
+
+def test_grouped_query_heads_go_with_the_key_value_head_they_share() -> None:
+    gm, inputs = _tokens(tm.GroupedQueryAttention())
+    heads = group(gm, "q")
+    assert heads.num_units == 2 and heads.widths == (8, 8)  # 2 query heads per unit
+    assert {"k:out", "v:out", "o:in"} <= {str(m) for m in heads.members}
+    assert sum(m.role == "shape" and m.op == "aten.expand.default" for m in heads.members) == 2
+    _, pruned = prune_dead(gm, inputs, {"q": [0]})
+    assert pruned.get_parameter("q.weight").shape == (8, 8)
+    assert pruned.get_parameter("k.weight").shape == (4, 8)
+    assert pruned.get_parameter("o.weight").shape == (8, 8)
+
+
+def test_a_roll_along_the_spatial_dims_passes_and_along_the_channels_freezes() -> None:
+    gm, inputs = _image(tm.Rolled)
+    assert not group(gm, "conv1").frozen_units
+    _, pruned = prune_dead(gm, inputs, {"conv1": [2, 4]})
+    assert pruned.get_parameter("conv2.weight").shape == (4, 6, 1, 1)
+    gm, _ = _image(tm.Rolled, IMAGE, (1,))
+    conv1 = group(gm, "conv1")
+    assert conv1.frozen and any("rolls the channels" in r for r in conv1.frozen_reasons)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "removals"),
+    [
+        (tm.EagerAttention(), TOKENS, {"q": [0]}),
+        (tm.GroupedQueryAttention(), TOKENS, {"q": [1]}),
+        (tm.BiasedAttention("gather"), TOKENS, {"q": [1], "v": []}),
+        (tm.ClassToken(), (2, 4, 6), {"embed": [0, 3]}),
+        (tm.LayerScale(), IMAGE, {"conv1": [1]}),
+    ],
+)
+def test_pruned_third_party_patterns_export_to_onnx_and_match(model, shape, removals) -> None:
+    gm, inputs = _trace(model, torch.randn(shape, generator=torch.Generator().manual_seed(1)))
     _, pruned = prune_dead(gm, inputs, removals)
     compiled = OnnxRuntimeBackend().compile(pruned, inputs)
     with torch.no_grad():
