@@ -15,13 +15,15 @@ float parameter, buffer or constant, hold NaN or inf. These checks run even with
 ``check_numerics=False``, which only turns off the comparison with the previous stage: a
 non-finite model is wrong whatever the tolerance. Tensors that were non-finite at capture
 (a causal mask of ``-inf``) are allowed to stay so under the same name.
+
+The manager's working copy shares every tensor with the input graph (``graphopt.sharing``:
+copy on write at tensor granularity, so the pipeline does not hold the model twice); after
+every pass it checks that no tensor of the input was written in place (``PassError``).
 """
 
 from __future__ import annotations
 
-import copy
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ from graphopt.ir import get_tensor, settle
 from graphopt.metrics import EvalFn, evaluate_metric
 from graphopt.passes.base import Pass, PassContext
 from graphopt.shapes import META_KEY, DynamicShapes, declared_shapes, other_sizes, resized_inputs
+from graphopt.sharing import TensorWatch, private_copy, shared_copy
 
 __all__ = ["PassManager", "PipelineResult", "StageReport", "relative_error"]
 
@@ -105,9 +108,8 @@ class PassManager:
         inputs = as_input_tuple(example_inputs)
         check_finite(inputs, "the example input batch")
         ctx = context or PassContext(example_inputs=inputs)
-        with warnings.catch_warnings():  # torch's pytree deprecation noise on deepcopy
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            current = copy.deepcopy(gm)
+        current = shared_copy(gm)  # tensors shared with gm: passes replace, never write
+        watch = TensorWatch(gm)
         reference = _outputs(current, inputs)
         counts = _nonfinite_outputs(reference)
         if counts:
@@ -127,7 +129,10 @@ class PassManager:
         stages = [_stage("capture", True, False, 0.0, current, 0.0, {}, metric(current, "capture"))]
         for p in self.passes:
             start = time.perf_counter()
+            if p.writes_in_place:
+                current = private_copy(current)
             result = p.run(current, ctx)
+            watch.check(p.name)
             current = result.graph_module
             if declared:  # a pass that builds a new GraphModule must not drop the declaration
                 current.meta.setdefault(META_KEY, declared)

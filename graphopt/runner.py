@@ -83,6 +83,7 @@ def compress(
         if backends
         else None,
         progress=say,
+        layer_latency=_layer_latency(backends[0]) if backends else None,
     )
     say(f"running {len(passes)} pass(es)")
     result = PassManager(passes).run(original, inputs, context=context, evaluate=evaluate)
@@ -126,6 +127,23 @@ def _require_activation_memory(stats: ModelStats, inputs: tuple[torch.Tensor, ..
     )
     shapes = ", ".join(str(list(t.shape)) for t in inputs)
     require_memory(needed, f"running the model on example inputs {shapes}")
+
+
+def _layer_latency(backend: Backend) -> Callable[[Sequence[Any]], Sequence[float]] | None:
+    """The backend's single-layer latency measurement, if it has one (for ``target_latency``
+    pruning); built lazily, on the first call, so runs that never prune by latency pay
+    nothing."""
+    factory = getattr(backend, "layer_latency", None)
+    if factory is None:
+        return None
+    state: dict[str, Any] = {}
+
+    def measure(specs: Sequence[Any]) -> Sequence[float]:
+        if "measure" not in state:
+            state["measure"] = factory()
+        return state["measure"](specs)
+
+    return measure
 
 
 def latency_probe(

@@ -27,6 +27,7 @@ class FillNaN(Pass):
 
     name = "fill_nan"
     exact = True
+    writes_in_place = True  # writes into a weight: gets a private copy
 
     def __init__(self) -> None:
         pass

@@ -17,6 +17,7 @@ class ScaleWeights(Pass):
 
     name = "scale_weights"
     exact = True
+    writes_in_place = True  # writes into a weight: gets a private copy
 
     def __init__(self, *, factor: float = 1.5) -> None:
         self.factor = factor
@@ -39,6 +40,7 @@ class ApproxScale(ScaleWeights):
 class BreaksGraph(Pass):
     name = "breaks_graph"
     exact = True
+    writes_in_place = True  # writes into a weight: gets a private copy
 
     def __init__(self) -> None:
         pass

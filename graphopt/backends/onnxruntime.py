@@ -166,6 +166,17 @@ class OnnxRuntimeBackend(Configurable):
             info["dynamic_batch_note"] = dynamic_note
         return OnnxRuntimeCompiled(session, info, scratch)
 
+    def layer_latency(self) -> Any:
+        """Single-layer latency on this backend's settings, cached per machine (for
+        ``prune: {target_latency: …}``; ``graphopt.backends.layer_latency``)."""
+        _require_runtime()
+        from graphopt.backends.layer_latency import OrtLayerLatency
+
+        return OrtLayerLatency(
+            intra_op_threads=self.intra_op_threads,
+            optimization=_OPTIMIZATION_LEVELS[self.optimization],
+        )
+
     def _session(self, ort: Any, path: Path, optimized: Path, model_name: str) -> Any:
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(

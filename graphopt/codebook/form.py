@@ -102,8 +102,10 @@ def write_dense(gm: GraphModule, layer: Node, fit: CodebookFit, bits: int) -> bo
     target = str(layer.args[1].target)
     new = lookup(fit.centroids, fit.index).to(weight.dtype)
     changed = not torch.equal(new, weight)
-    with torch.no_grad():
-        weight.copy_(new)
+    # a new tensor, not copy_: unchanged tensors are shared with the original graph
+    # (graphopt.sharing)
+    set_tensor(gm, target, new, parameter=isinstance(weight, torch.nn.Parameter), copy=False)
+    weight = get_tensor(gm, layer.args[1])
     if fit.zero:
         store_mask(gm, target, fit.index != 0)
     entry = _entry("dense", fit, bits, list(weight.shape))

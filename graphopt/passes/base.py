@@ -98,6 +98,11 @@ CONTEXT_FIELDS: dict[str, str] = {
         "backend; graphopt.runner.latency_probe in Python)"
     ),
     "progress": "a callable(message) that reports progress",
+    "layer_latency": (
+        "per-layer latency, callable([LayerSpec, ...]) -> seconds each (a recipe's first "
+        "backend when it measures single layers, as onnxruntime does; "
+        "graphopt.backends.layer_latency.OrtLayerLatency in Python)"
+    ),
 }
 
 
@@ -118,6 +123,7 @@ class PassContext:
     evaluate: Callable[[torch.nn.Module], Any] | None = None
     latency: Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], float] | None = None
     progress: Callable[[str], None] | None = None
+    layer_latency: Callable[[Sequence[Any]], Sequence[float]] | None = None
 
     def __post_init__(self) -> None:
         for key in [k for k in self.extras if k in CONTEXT_FIELDS]:
@@ -137,7 +143,7 @@ class PassContext:
             for_what = f" for {purpose}" if purpose else ""
             if value is None:
                 raise PassError(pass_name, f"needs ctx.{key}{for_what}: {what}")
-            must_call = key in ("validate", "evaluate", "latency", "progress")
+            must_call = key in ("validate", "evaluate", "latency", "progress", "layer_latency")
             if must_call and not callable(value):
                 raise PassError(
                     pass_name,
@@ -161,6 +167,11 @@ class Pass(Configurable, ABC):
     name: ClassVar[str]
     exact: ClassVar[bool]
     Options: ClassVar[type[Options]] = NoOptions
+    #: False (every built-in pass): the pass sets a new tensor where it changes one and never
+    #: writes into a tensor, so the pass manager lets it share tensors with the original
+    #: (``graphopt.sharing``) and checks that it did not write. True: the manager hands it a
+    #: deep copy first, for a pass that must write in place (costs the model's size).
+    writes_in_place: ClassVar[bool] = False
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
         """Raise ``PassError`` when the input does not satisfy the pass's preconditions."""

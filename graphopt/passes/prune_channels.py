@@ -22,6 +22,16 @@ cuts those to ``round_to`` channels first; that meets the MACs target but leaves
 memory-bound layers (depthwise convs on the expansions) as they were, so the model is
 slower at equal MACs. ``cost_aware`` is for when MACs themselves are the budget.
 
+With ``target_latency`` the same search runs on a latency cost model instead of MACs
+(``graphopt.pruning.latency``): every conv's and linear's latency alone, at a grid of kept
+input × output channel counts, is measured once per machine on the recipe's first backend
+(``ctx.layer_latency``; ONNX Runtime builds one-node models, ``graphopt.backends.
+layer_latency``, and caches the table) and interpolated, and pruning stops when the
+predicted latency of those layers is at most ``target_latency`` × the original's. No
+candidate model is exported or timed: ``adapt`` stays for measured verification.
+``stats`` then also holds ``latency_before_ms``/``latency_after_ms`` (predicted, the layers
+only) and ``layers_measured``; ``macs_after`` stays MACs.
+
 What it decided is a ``PruningPlan`` (``stats["plan"]``): data that prints, saves to JSON and
 replays on a fresh trace with ``graphopt.pruning.apply_plan``. Pruning changes the outputs, so
 the pass is approximate (``exact = False``): the pass manager measures the error. Removing
@@ -63,7 +73,6 @@ step-local indices map back), hence it replays in one shot on a fresh trace.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -81,6 +90,7 @@ from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, registe
 from graphopt.pruning.dependency import build_channel_graph
 from graphopt.pruning.groups import PruningGroup, build_groups
 from graphopt.pruning.importance import AGGREGATES, METHODS, compute_importance
+from graphopt.pruning.latency import LatencyCostModel
 from graphopt.pruning.plan import PruningPlan
 from graphopt.pruning.policy import (
     SELECTIONS,
@@ -94,6 +104,7 @@ from graphopt.pruning.refit import RefitReport, refit_pruned
 from graphopt.pruning.surgery import apply_removals
 from graphopt.pruning.units import UnitBook
 from graphopt.quant.calibrate import take_samples
+from graphopt.sharing import shared_copy
 
 __all__ = ["PruneChannels", "StepCallback"]
 
@@ -116,6 +127,13 @@ class PruneChannels(Pass):
         )
         target_macs: float | None = Field(
             None, gt=0, le=1, description="fraction of the MACs to keep (global ranking)"
+        )
+        target_latency: float | None = Field(
+            None,
+            gt=0,
+            le=1,
+            description="fraction of the layers' latency to keep (tables measured on the "
+            "first backend)",
         )
         round_to: int = Field(1, ge=1, description="keep channel counts a multiple of this")
         min_channels: int = Field(1, ge=1, description="never leave a group below this")
@@ -148,11 +166,13 @@ class PruneChannels(Pass):
 
         @model_validator(mode="after")
         def _one_target(self) -> PruneChannels.Options:
-            if (self.ratio is None) == (self.target_macs is None):
+            targets = (self.ratio, self.target_macs, self.target_latency)
+            if sum(t is not None for t in targets) != 1:
                 raise ValueError(
-                    "give exactly one of ratio (fraction of each group's channels to remove) "
-                    f"and target_macs (fraction of MACs to keep); got ratio={self.ratio!r}, "
-                    f"target_macs={self.target_macs!r}"
+                    "give exactly one of ratio (fraction of each group's channels to remove), "
+                    "target_macs (fraction of MACs to keep) and target_latency (fraction of "
+                    f"latency to keep); got ratio={self.ratio!r}, target_macs="
+                    f"{self.target_macs!r}, target_latency={self.target_latency!r}"
                 )
             return self
 
@@ -162,6 +182,8 @@ class PruneChannels(Pass):
         return self.importance == RECONSTRUCTION or self.refit or self.recalibrate_bn
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
+        if self.target_latency is not None:
+            ctx.require(self.name, "layer_latency", purpose="target_latency")
         if self.data_aware:
             used = [
                 f"{k}={v!r}"
@@ -186,7 +208,7 @@ class PruneChannels(Pass):
                     "step": step,
                     "target": round(target, 6),
                     "units_removed": sum(len(u) for u in removals.values()),
-                    "macs": round(cost.total),
+                    "macs": round(_macs_of(cost)),
                     "params": params,
                 }
             )
@@ -224,13 +246,18 @@ class PruneChannels(Pass):
             scores, fallbacks = compute_importance(
                 gm, groups, self.importance, self.aggregate, example_inputs=ctx.example_inputs
             )
-        cost = CostModel(gm, groups)
+        cost = (
+            LatencyCostModel(gm, groups, ctx.layer_latency)
+            if self.target_latency is not None
+            else CostModel(gm, groups)
+        )
         if state is None:
             state = _State.start(groups, cost)
         state.check_groups(self.name, groups, step)
         share = schedule(step, self.steps, self.schedule_power)
         removals, target = self._select(groups, scores, cost, state, share, step)
-        teacher = copy.deepcopy(gm) if self.refit and removals else None  # before the surgery
+        # the graph before the surgery; surgery sets new tensors, so it may share them
+        teacher = shared_copy(gm) if self.refit and removals else None
         apply_removals(gm, groups, removals)
         state.record(removals, fallbacks)
         if removals and (self.refit or self.recalibrate_bn):
@@ -299,8 +326,9 @@ class PruneChannels(Pass):
             for gid, units in removals.items():
                 cost.remove(gid, units)
             return removals, ratio
-        kept = 1.0 - (1.0 - self.target_macs) * share
-        relative = min(1.0, kept * state.macs / max(cost.original, 1e-12))
+        goal = self.target_macs if self.target_macs is not None else self.target_latency
+        kept = 1.0 - (1.0 - goal) * share
+        relative = min(1.0, kept * state.cost_original / max(cost.original, 1e-12))
         removals, reached = select_for_macs(
             groups,
             scores,
@@ -313,13 +341,16 @@ class PruneChannels(Pass):
             frozen = [g for g in groups if g.frozen]
             example = f" (e.g. {frozen[0].id}: {frozen[0].frozen_reasons[0]})" if frozen else ""
             at_step = f" (step {step} of {self.steps} aims at {kept:.3g})" if self.steps > 1 else ""
+            what = "target_macs" if self.target_macs is not None else "target_latency"
+            unit = "MACs" if self.target_macs is not None else "predicted latency"
             raise PassError(
                 self.name,
-                f"target_macs={self.target_macs} cannot be reached{at_step}: pruning every "
+                f"{what}={goal} cannot be reached{at_step}: pruning every "
                 f"group as far as round_to={self.round_to} and min_channels="
-                f"{self.min_channels} allow keeps {cost.total / max(state.macs, 1):.1%} of the "
-                f"MACs; {len(frozen)} of {len(groups)} groups are frozen{example}. Raise "
-                "target_macs, lower round_to/min_channels, or ignore fewer layers",
+                f"{self.min_channels} allow keeps "
+                f"{cost.total / max(state.cost_original, 1e-30):.1%} of the "
+                f"{unit}; {len(frozen)} of {len(groups)} groups are frozen{example}. Raise "
+                f"{what}, lower round_to/min_channels, or ignore fewer layers",
             )
         return removals, kept
 
@@ -337,6 +368,7 @@ class _State:
     book: UnitBook
     macs: float
     params: int
+    cost_original: float  # in the cost model's unit: MACs, or seconds with target_latency
     fallbacks: list[str]
     history: list[dict]
     refit_rows: list[dict] = field(default_factory=list)
@@ -347,8 +379,9 @@ class _State:
     def start(cls, groups: Sequence[PruningGroup], cost: CostModel) -> _State:
         return cls(
             book=UnitBook.start(groups),
-            macs=cost.original,
+            macs=cost.original_macs if isinstance(cost, LatencyCostModel) else cost.original,
             params=cost.params,
+            cost_original=cost.original,
             fallbacks=[],
             history=[],
         )
@@ -380,15 +413,32 @@ class _State:
         self.batchnorms += report.batchnorms
 
 
+def _macs_of(cost: CostModel) -> float:
+    """The MACs ``cost`` predicts after its removals, whatever its unit."""
+    return cost.predicted_macs() if isinstance(cost, LatencyCostModel) else cost.total
+
+
+def _latency_stats(state: _State, cost: CostModel) -> dict:
+    """With target_latency: the layers' predicted latency before and after, in ms."""
+    if not isinstance(cost, LatencyCostModel):
+        return {}
+    return {
+        "cost": "latency",
+        "latency_before_ms": round(state.cost_original * 1e3, 4),
+        "latency_after_ms": round(cost.total * 1e3, 4),
+        "layers_measured": cost.measured,
+    }
+
+
 def _stats(plan: PruningPlan, state: _State, cost: CostModel, params: int) -> dict:
     groups = state.groups
-    return {
+    return _latency_stats(state, cost) | {
         "groups": len(groups),
         "pruned_groups": len(plan.removals),
         "units_removed": plan.units_removed,
         "channels_removed": state.book.channels_removed(),
         "macs_before": round(state.macs),
-        "macs_after": round(cost.total),
+        "macs_after": round(_macs_of(cost)),
         "params_before": state.params,
         "params_after": params,
         "steps": len(state.history),

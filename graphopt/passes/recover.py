@@ -49,6 +49,7 @@ class Recover(Pass):
 
     name = "recover"
     exact = False
+    writes_in_place = True  # training updates the parameters in place (distill)
 
     Options = DistillConfig
 

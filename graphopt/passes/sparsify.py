@@ -46,7 +46,7 @@ from torch.fx import GraphModule
 
 from graphopt.data import input_batches
 from graphopt.errors import PassError
-from graphopt.ir import get_tensor
+from graphopt.ir import get_tensor, set_tensor
 from graphopt.options import Names, Options
 from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, register_pass
 from graphopt.recovery.batching import split_batch
@@ -116,6 +116,12 @@ class Sparsify(Pass):
                     f"{self.sparsity:g}: the schedule only prunes"
                 )
             return self
+
+    @property
+    def writes_in_place(self) -> bool:  # type: ignore[override]
+        """With ``recovery``, distillation trains every parameter in place: the pass manager
+        then hands the pass a private copy (``graphopt.sharing``)."""
+        return self.recovery is not None
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
         if self.recovery is not None:
@@ -232,7 +238,11 @@ class Sparsify(Pass):
             for t, keep in masks.items():
                 if t in stored and stored[t].shape == keep.shape:
                     keep = keep & stored[t]  # masks only shrink
-                weights[t].masked_fill_(~keep, 0.0)
+                # a new tensor, not masked_fill_: unchanged tensors are shared with the
+                # original graph (graphopt.sharing)
+                is_parameter = isinstance(weights[t], torch.nn.Parameter)
+                weights[t] = weights[t].masked_fill(~keep, 0.0)
+                set_tensor(gm, t, weights[t], parameter=is_parameter, copy=False)
                 store_mask(gm, t, keep)
         total = sum(w.numel() for w in weights.values())
         return sum(int((w == 0).sum()) for w in weights.values()) / max(total, 1)

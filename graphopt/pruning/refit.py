@@ -60,10 +60,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.fx import GraphModule, Interpreter, Node
 
-from graphopt.ir import get_tensor, is_op, module_path
+from graphopt.ir import get_tensor, is_op, module_path, set_tensor
 from graphopt.pruning.dependency import arg, op_name, val
 from graphopt.pruning.groups import PruningGroup
 from graphopt.pruning.surgery import removed_positions
@@ -347,6 +347,7 @@ def refit_pruned(
     norms = _downstream_batchnorms(student, changed) if recalibrate_bn else set()
     if not fits and not norms:
         return report
+    _own_written_tensors(student, nodes, fits, norms)
     run = Lockstep(student, batches)
     reference = Lockstep(teacher, batches) if fits else None
     with torch.no_grad():
@@ -364,6 +365,34 @@ def refit_pruned(
                 report.batchnorms += 1
             run.step()
     return report
+
+
+def _own_written_tensors(
+    gm: GraphModule, nodes: Mapping[str, Node], fits: Mapping[str, _Fit], norms: set[Node]
+) -> None:
+    """Give ``gm`` private copies of the tensors the lockstep run writes in place.
+
+    Why: the pass manager's graphs share unchanged tensors with the original
+    (``graphopt.sharing``); a BatchNorm after a re-fitted layer whose own channels were not
+    pruned still holds the original's buffers, and writing into them would change the
+    original too. Copying before the run (not replacing while it runs) keeps the
+    interpreters' environments, which hold the ``get_attr`` values, pointing at what is
+    written.
+    """
+    attrs = []
+    for name, fit in fits.items():
+        node = nodes[name]
+        attrs.append(node.args[1])
+        if fit.intercept == "bias":
+            attrs.append(node.args[2])
+        elif fit.intercept == "bn":
+            attrs.append(next(iter(node.users)).args[3])
+    for norm in norms:
+        attrs.extend((norm.args[3], norm.args[4]))
+    for attr in attrs:
+        tensor = get_tensor(gm, attr)
+        if tensor is not None:
+            set_tensor(gm, str(attr.target), tensor, parameter=isinstance(tensor, nn.Parameter))
 
 
 def _fits(student: GraphModule, removed: Mapping, report: RefitReport) -> dict[str, _Fit]:

@@ -10,9 +10,7 @@ are built from these.
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ from graphopt.quant.placement import QuantLayer, Sites, find_sites
 from graphopt.quant.qparams import ActivationQParams, activation_qparams
 from graphopt.quant.rewrite import insert_activation_qdq, quantize_weights
 from graphopt.quant.simulate import fast_simulation
+from graphopt.sharing import shared_copy
 
 __all__ = ["Agreement", "Converted", "agreement", "calibrate", "convert", "run_batches"]
 
@@ -90,9 +89,7 @@ def convert(
     activation_ops: bool = True,
 ) -> Converted:
     """A quantized copy of ``gm`` with ``layers`` in int8 and every other conv/linear float."""
-    with warnings.catch_warnings():  # torch's pytree deprecation noise on deepcopy
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        out = copy.deepcopy(gm)
+    out = shared_copy(gm)  # the rewrite sets new tensors: the float ones stay shared
     sites = find_sites(out, {layer.node for layer in layers}, activation_ops=activation_ops)
     missing = [s for s in sites.own if s not in qparams]
     if missing:  # a site calibration never reached (dead code): keep it float
