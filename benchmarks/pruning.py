@@ -130,6 +130,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=_csv,
         help="graphopt's target_macs rankings to run (PruneChannels(selection=...))",
     )
+    parser.add_argument(
+        "--latency-targets",
+        default="0.5",
+        type=_csv,
+        help="graphopt target_latency values (per-layer ORT tables; empty: none)",
+    )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument(
@@ -193,6 +199,10 @@ def _equal_macs(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str, 
         say(f"graphopt, selection={selection}")
         ours = _graphopt_timed(model, inputs, args, args.target_macs, selection)
         rows.append(row(f"graphopt {selection}", ours))
+    for target in args.latency_targets:
+        say(f"graphopt, target_latency={target} (per-layer ORT tables)")
+        ours = _graphopt_timed(model, inputs, args, float(target), "importance", latency=True)
+        rows.append(row(f"graphopt latency {target}", ours))
     for scope in ("local", "global"):
         say(f"torch-pruning {scope}: searching the ratio")
         theirs = _tp_for_macs(tp, model, inputs, args, base.macs, global_pruning=scope == "global")
@@ -241,18 +251,33 @@ def _equal_macs(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str, 
 
 
 def _graphopt_timed(
-    model: nn.Module, inputs: tuple, args: argparse.Namespace, target: float, selection: str
+    model: nn.Module,
+    inputs: tuple,
+    args: argparse.Namespace,
+    target: float,
+    selection: str,
+    *,
+    latency: bool = False,
 ) -> tuple[nn.Module, dict[str, float], str]:
-    """graphopt at ``target`` MACs, timed ``--repeats`` times (medians of each part)."""
-    options = {"target_macs": target, "round_to": args.round_to, "selection": selection}
-    runs = [_graphopt(model, inputs, **options) for _ in range(args.repeats)]
+    """graphopt at ``target`` MACs (or latency), timed ``--repeats`` times (medians of each
+    part; with ``latency`` the layer tables come from the cache after the first run)."""
+    key = "target_latency" if latency else "target_macs"
+    options = {key: target, "round_to": args.round_to, "selection": selection}
+    measure = None
+    if latency:
+        from graphopt.backends.layer_latency import OrtLayerLatency
+
+        measure = OrtLayerLatency(intra_op_threads=args.threads)
+    runs = [_graphopt(model, inputs, layer_latency=measure, **options) for _ in range(args.repeats)]
     seconds = {k: statistics.median(r[1][k] for r in runs) for k in ("total", "capture", "pass")}
-    detail = f"target_macs={target:.4f}; {runs[0][2]}"
+    detail = f"{key}={target:.4f}; {runs[0][2]}"
+    if latency:
+        detail += f"; {measure.measured} layer variants measured (first run)"
     return runs[0][0], seconds, detail
 
 
 def _graphopt(
-    model: nn.Module, inputs: tuple, **options: Any
+    model: nn.Module, inputs: tuple, layer_latency: Any = None, **options: Any
 ) -> tuple[nn.Module, dict[str, float], str]:
     """nn.Module → pruned, runnable GraphModule: capture, the pass, recompile (timed).
 
@@ -262,7 +287,7 @@ def _graphopt(
     started = time.perf_counter()
     gm = trace(model, inputs)
     captured = time.perf_counter()
-    result = PruneChannels(**options).run(gm, PassContext(inputs))
+    result = PruneChannels(**options).run(gm, PassContext(inputs, layer_latency=layer_latency))
     gm.recompile()
     done = time.perf_counter()
     propagate_shapes(gm, inputs)
@@ -466,6 +491,20 @@ def _verdict(rows: list[dict[str, Any]], coverage: list[dict[str, Any]]) -> list
                     f"{r['cosine']:.3f}); pruning time {_judge(ours['seconds'], r['seconds'])} "
                     f"({ours['seconds']:.2f} vs {r['seconds']:.2f} s), capture excluded "
                     f"{_judge(ours['pass_s'], r['pass_s'])} ({ours['pass_s']:.2f} s)."
+                )
+        for tool, r in by_tool.items():  # latency-cost rows: at their own MACs, not matched
+            if not tool.startswith("graphopt latency"):
+                continue
+            for peer in [
+                t for t in by_tool if t.startswith(("torch-pruning", "graphopt importance"))
+            ]:
+                p = by_tool[peer]
+                ratios = [a / b for a, b in zip(r["ort_rounds"], p["ort_rounds"], strict=True)]
+                out.append(
+                    f"- {model}, {tool} vs {peer}: ORT latency "
+                    f"{_judge(statistics.median(ratios), 1.0)} (ratio "
+                    f"{statistics.median(ratios):.3f}; at {r['macs_pct']:.1%} vs "
+                    f"{p['macs_pct']:.1%} MACs; cosine {r['cosine']:.3f} vs {p['cosine']:.3f})."
                 )
     if coverage:
         for tool in ("graphopt", "torch-pruning"):

@@ -84,9 +84,7 @@ def test_declaration_forms_agree() -> None:
     inputs = bert_inputs()
     as_list = parse_dynamic_shapes(({1: "seq"}, {1: "seq"}), inputs)
     as_mapping = parse_dynamic_shapes({0: {1: "seq"}, "1": {"1": "seq"}}, inputs)  # TOML keys
-    with_dim = parse_dynamic_shapes(
-        ({1: torch.export.Dim("seq")}, {-1: DynamicDim("seq")}), inputs
-    )
+    with_dim = parse_dynamic_shapes(({1: torch.export.Dim("seq")}, {-1: DynamicDim("seq")}), inputs)
     assert as_list == as_mapping == with_dim == ({1: DynamicDim("seq")}, {1: DynamicDim("seq")})
     assert parse_dynamic_shapes(None, inputs) is None
     assert parse_dynamic_shapes([None, {}], inputs) is None
@@ -125,9 +123,7 @@ def test_bert_keeps_its_sequence_dynamic_through_every_pass_and_onnx(tmp_path: P
         get_pass("quantize", calibration={"source": "example_inputs"}),
     ]
     backend = get_backend("onnxruntime", onnx_path=tmp_path / "bert.onnx")
-    run = compress(
-        model, inputs, passes, backends=[backend], dynamic_shapes=SEQ, warmup=1, runs=2
-    )
+    run = compress(model, inputs, passes, backends=[backend], dynamic_shapes=SEQ, warmup=1, runs=2)
     gm = run.compressed
     assert declared_shapes(gm) == ({1: DynamicDim("seq", None, 64)},) * 2
     assert all(stage.modified for stage in run.report.stages[1:])

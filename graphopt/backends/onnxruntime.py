@@ -326,6 +326,23 @@ def _onnx_export(
             verbose=False,
             optimize=True,
         )
+    _lower_weight_only(model, path)  # weight-only int4/int8 linears → MatMulNBits, first
+    if not external:  # graphopt's ONNX lowerings, one hook each (a no-op for other files)
+        _lower_dynamic_int8(path)
+
+
+def _lower_dynamic_int8(path: Path) -> None:
+    """Dynamic int8 (``quantize: {scheme: dynamic}``) as MatMulInteger for ORT's fusions."""
+    from graphopt.backends.onnx_dynamic_int8 import lower_dynamic_int8
+
+    lower_dynamic_int8(path)
+
+
+def _lower_weight_only(model: nn.Module, path: Path) -> None:
+    """``quantize_weights`` linears as ``com.microsoft.MatMulNBits`` (``onnx_nbits``)."""
+    from graphopt.backends.onnx_nbits import lower_weight_only
+
+    lower_weight_only(model, path)
 
 
 @contextlib.contextmanager

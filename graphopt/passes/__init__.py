@@ -16,6 +16,7 @@ from graphopt.passes.fold_batchnorm import FoldBatchNorm
 from graphopt.passes.low_rank import LowRank
 from graphopt.passes.prune_channels import PruneChannels
 from graphopt.passes.quantize import Quantize
+from graphopt.passes.quantize_weights import QuantizeWeights
 from graphopt.passes.recover import Recover
 from graphopt.passes.remove_blocks import RemoveBlocks
 from graphopt.passes.sparsify import Sparsify
@@ -30,6 +31,7 @@ __all__ = [
     "PassResult",
     "PruneChannels",
     "Quantize",
+    "QuantizeWeights",
     "Recover",
     "Refusal",
     "RemoveBlocks",

@@ -29,6 +29,19 @@ that are multiples of the block, and a pruned count off the grid can make a laye
 
 An unreachable budget is not an error: the pass returns the closest model it found, with
 ``stats["budget_met"] = False`` and ``stats["message"]`` saying why.
+
+``parallel: {backend: ray}`` (or ``auto``: Ray when installed) fine-tunes and scores each
+iteration's candidates as Ray tasks, on the runtime ``graphopt sweep`` uses
+(``graphopt.distributed``: a running one, else ``address`` / ``RAY_ADDRESS``, else a local one
+of ``num_cpus``); ``graphopt.search.parallel`` has the details. The choice per iteration is
+the sequential one, so with deterministic scoring (and fine-tuning) the plan is the same.
+Latency is always measured in this process, never in a task: with ``target_latency`` on one
+host, tasks timing models side by side would disturb each other by more than the few percent
+that separate candidates, so an iteration's tasks start only after its latency probes. Ray
+helps when scoring (or fine-tuning) dominates, e.g. a validation metric per candidate.
+A missing Ray (``auto``), a model or callable that cannot be sent to a worker: the candidates
+run in process, and the ``note`` of ``stats["parallel"]`` (a one-row table) says why; the row
+also says how they ran (``mode``, ``address``, ``cpus``, ``tasks``), as ``sweep.json`` does.
 """
 
 from __future__ import annotations
@@ -58,10 +71,24 @@ from graphopt.search.netadapt import (
     output_fidelity,
     search,
 )
+from graphopt.search.parallel import candidate_tasks
+from graphopt.search.portable import PortableGraph, pack, unpack
 
 __all__ = ["Adapt"]
 
 _FIDELITY_BATCHES = 8
+BACKENDS = ("none", "ray", "auto")
+
+
+class ParallelOptions(Options):
+    """``parallel: {backend: auto, num_cpus: 2}``: where the candidates are scored."""
+
+    backend: Literal[BACKENDS] = Field(
+        "none", description="none (in process), ray, or auto (ray when installed)"
+    )
+    address: str | None = Field(None, min_length=1, description="Ray cluster (else local)")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray runtime CPUs (default all)")
+    task_cpus: float = Field(1, gt=0, description="CPUs one candidate's task reserves")
 
 
 @register_pass
@@ -89,6 +116,9 @@ class Adapt(Pass):
         max_iterations: int = Field(50, ge=1, description="search iterations at most")
         short_finetune_steps: int = Field(
             0, ge=0, description="distillation steps per candidate (needs train data)"
+        )
+        parallel: ParallelOptions = Field(
+            default_factory=lambda: ParallelOptions(), description="score candidates on Ray"
         )
 
         @model_validator(mode="after")
@@ -133,15 +163,33 @@ class Adapt(Pass):
         )
         score, metric_name = self._scorer(gm, ctx)
         finetune, finetune_note = self._finetune(gm, ctx)
+        p = self.parallel
         try:
-            result = search(
-                gm, inputs, self._cost(ctx, cache, kind), score, options, finetune=finetune
-            )
+            with candidate_tasks(
+                p.backend,
+                gm,
+                score,
+                finetune,
+                address=p.address,
+                num_cpus=p.num_cpus,
+                task_cpus=p.task_cpus,
+                hold=kind == "latency",  # measure with no task running (module docstring)
+            ) as (runner, how):
+                result = search(
+                    gm,
+                    inputs,
+                    self._cost(ctx, cache, kind),
+                    score,
+                    options,
+                    finetune=finetune,
+                    runner=runner,
+                )
         except PassError:
             raise
         except GraphoptError as exc:
             raise PassError(self.name, str(exc)) from exc
         stats = _stats(result, kind, metric_name(), cache, finetune_note)
+        stats["parallel"] = [how]  # a one-row table: the report renders every table
         return PassResult(result.graph_module, bool(result.plan.removals), stats)
 
     def _cost(self, ctx: PassContext, cache: LatencyCache, kind: str) -> CostFn:
@@ -196,12 +244,31 @@ class Adapt(Pass):
         from graphopt.recovery import distill  # per call: tests may stand in a fake module
 
         teacher = ctx.teacher if ctx.teacher is not None else gm
-
-        def finetune(student: GraphModule) -> GraphModule:
-            model, _history = distill(student, teacher, train, steps=steps, progress=False)
-            return model
-
+        finetune = _ShortFinetune(distill, teacher, train, steps)
         return finetune, f"graphopt.recovery.distill, {steps} steps per candidate"
+
+
+class _ShortFinetune:
+    """``distill(student, teacher, train, steps)`` as a callable that pickles (a Ray task runs
+    it): a GraphModule teacher, which does not pickle, travels as portable data."""
+
+    def __init__(self, distill: Callable[..., Any], teacher: Any, train: Any, steps: int) -> None:
+        self.distill, self.teacher, self.train, self.steps = distill, teacher, train, steps
+
+    def __call__(self, student: GraphModule) -> GraphModule:
+        model, _history = self.distill(
+            student, self.teacher, self.train, steps=self.steps, progress=False
+        )
+        return model
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        teacher = pack(self.teacher) if isinstance(self.teacher, GraphModule) else self.teacher
+        return (_ShortFinetune._rebuild, (self.distill, teacher, self.train, self.steps))
+
+    @staticmethod
+    def _rebuild(distill: Callable[..., Any], teacher: Any, train: Any, steps: int) -> Any:
+        teacher = unpack(teacher) if isinstance(teacher, PortableGraph) else teacher
+        return _ShortFinetune(distill, teacher, train, steps)
 
 
 def _metric_value(value: object) -> float | None:

@@ -11,8 +11,19 @@
 - ``mixed``: as int8, but the most sensitive layers stay float until the output cosine
   against the float graph reaches ``min_cosine`` (``graphopt.quant.sensitivity``).
 - ``fp16``: float16 weight storage, float32 compute (``graphopt.quant.fp16``).
+- ``dynamic``: int8 weights per output channel, activations quantized at run time per tensor
+  (uint8, as ONNX's ``DynamicQuantizeLinear``): ORT runs each linear as
+  ``DynamicQuantizeMatMul`` (``graphopt.quant.dynamic`` says how, and why it needs no
+  calibration). Linear layers only (convs stay float, with the reason).
+- ``dynamic_mixed``: as dynamic, with the most sensitive layers kept float until the output
+  cosine reaches ``min_cosine``, by the same search as ``mixed``.
 
-Calibration data is required for int8 and mixed: ``ctx.calibration`` (an iterable
+``embeddings``: ``int8`` stores every ``aten.embedding`` table as int8 rows with per-row
+scales (the word table is half of a small BERT's file); ``auto`` (the default) does so for the
+dynamic schemes and keeps the static ones' tables float.
+
+Calibration data is required for int8 and mixed (the dynamic schemes score their result on it
+when there is some, else on the example inputs): ``ctx.calibration`` (an iterable
 of input tuples, e.g. from the recipe's ``data:``), cut at ``calibration["samples"]``; or the
 example inputs with ``calibration: {source: example_inputs}``. Observers: ``minmax``,
 ``moving_average``, ``percentile``, ``entropy``, ``mse`` (``graphopt.quant.observers``).
@@ -45,18 +56,27 @@ from graphopt.options import Names, Options
 from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, register_pass
 from graphopt.passes.fold_batchnorm import FoldBatchNorm
 from graphopt.quant.calibrate import take_samples
+from graphopt.quant.dynamic import (
+    convert_dynamic,
+    dynamic_layers,
+    embedding_candidates,
+    int8_embeddings,
+    quantize_embeddings,
+)
 from graphopt.quant.fp16 import store_weights_fp16
 from graphopt.quant.functionalize import functionalize_inplace
 from graphopt.quant.observers import OBSERVERS
 from graphopt.quant.placement import find_layers
 from graphopt.quant.qat import is_quantized
 from graphopt.quant.qparams import ACTIVATION_DTYPES
-from graphopt.quant.quantizer import agreement, calibrate, convert, run_batches
+from graphopt.quant.quantizer import Converted, agreement, calibrate, convert, run_batches
 from graphopt.quant.sensitivity import choose_float_layers, layer_sensitivity
 
 __all__ = ["Quantize"]
 
-SCHEMES = ("int8", "mixed", "fp16")
+SCHEMES = ("int8", "mixed", "fp16", "dynamic", "dynamic_mixed")
+DYNAMIC = ("dynamic", "dynamic_mixed")
+EMBEDDINGS = ("auto", "int8", "float")
 _SOURCES = ("data", "example_inputs")
 
 
@@ -75,7 +95,14 @@ class Quantize(Pass):
     exact = False
 
     class Options(Options):
-        scheme: Literal[SCHEMES] = Field("int8", description="int8, mixed (some float), fp16")
+        scheme: Literal[SCHEMES] = Field(
+            "int8",
+            description="int8, mixed (some float), fp16, dynamic (run-time activation "
+            "ranges), dynamic_mixed",
+        )
+        embeddings: Literal[EMBEDDINGS] = Field(
+            "auto", description="int8 embedding tables (auto: with the dynamic schemes)"
+        )
         activations: Literal[tuple(sorted(ACTIVATION_DTYPES))] = Field(
             "uint8", description="activation dtype (uint8: ORT's U8S8 kernels)"
         )
@@ -93,7 +120,7 @@ class Quantize(Pass):
         progress: bool = Field(True, description="show calibration progress")
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
-        if self.scheme == "fp16" or self.calibration.source == "example_inputs":
+        if self.scheme in ("fp16", *DYNAMIC) or self.calibration.source == "example_inputs":
             return
         ctx.require(
             self.name,
@@ -114,6 +141,8 @@ class Quantize(Pass):
         gm.recompile()
         layers, not_quantizable = find_layers(gm, self.skip)
         refused = [Refusal(node, reason) for node, reason in not_quantizable]
+        if self.scheme in DYNAMIC:
+            return self._dynamic(gm, ctx, layers, refused, folded, functional)
         batches = self._batches(ctx)
         qparams = calibrate(
             gm,
@@ -143,7 +172,9 @@ class Quantize(Pass):
         else:
             converted = convert(gm, layers, qparams)
         score = agreement(run_batches(gm, probe), run_batches(converted.graph_module, probe))
+        tables = self._embeddings(converted.graph_module, refused)
         stats |= {
+            "embeddings_int8": tables,
             "activations": self.activations,
             "observer": self.observer,
             "layers_int8": converted.weights,
@@ -157,7 +188,90 @@ class Quantize(Pass):
             "sensitivity": table,
             "refused": [asdict(r) for r in refused],
         }
-        return PassResult(converted.graph_module, modified=converted.weights > 0, stats=stats)
+        return PassResult(
+            converted.graph_module, modified=converted.weights + tables > 0, stats=stats
+        )
+
+    def _dynamic(
+        self,
+        gm: GraphModule,
+        ctx: PassContext,
+        layers: list,
+        refused: list[Refusal],
+        folded: int,
+        functional: int,
+    ) -> PassResult:
+        """Dynamic int8 linears (some kept float by ``dynamic_mixed``), then the embeddings."""
+        layers, convs = dynamic_layers(layers, gm)
+        refused += [Refusal(node, reason) for node, reason in convs]
+        probe = list(take_samples(self._probe_batches(ctx), self.sensitivity_samples))
+        table = (
+            layer_sensitivity(gm, layers, {}, probe, convert_fn=convert_dynamic)
+            if self.scheme == "dynamic_mixed" or self.sensitivity
+            else []
+        )
+        stats: dict[str, Any] = {"scheme": self.scheme}
+        if self.scheme == "dynamic_mixed":
+            choice = choose_float_layers(
+                gm,
+                layers,
+                {},
+                table,
+                probe,
+                min_cosine=self.min_cosine,
+                convert_fn=self._dynamic_with_embeddings,
+            )
+            converted = choice.converted
+            for layer in choice.float_layers:
+                refused.append(Refusal(layer.node, "kept in float by mixed precision"))
+            stats |= {"min_cosine": self.min_cosine, "budget_met": choice.met}
+            stats["mixed_evaluations"] = choice.evaluations
+        else:
+            converted = self._dynamic_with_embeddings(gm, layers)
+        if self._int8_tables:
+            refused += [Refusal(n, why) for n, why in embedding_candidates(gm, self.skip)[1]]
+        tables = int8_embeddings(converted.graph_module)
+        score = agreement(run_batches(gm, probe), run_batches(converted.graph_module, probe))
+        stats |= {
+            "layers_int8": converted.weights,
+            "dynamic_inputs": converted.activation_pairs,
+            "embeddings_int8": tables,
+            "layers_float": len(refused),
+            "cosine": score.cosine,
+            "top1_agreement": score.top1_agreement,
+            "folded_batchnorm": folded,
+            "functionalized": functional,
+            "sensitivity": table,
+            "refused": [asdict(r) for r in refused],
+        }
+        modified = converted.weights + tables > 0
+        return PassResult(converted.graph_module, modified=modified, stats=stats)
+
+    def _dynamic_with_embeddings(
+        self, gm: GraphModule, layers: list, qparams: object = None, **_: object
+    ) -> Converted:
+        """``convert_dynamic`` and then the int8 tables: a mixed candidate is scored whole."""
+        converted = convert_dynamic(gm, layers)
+        if self._int8_tables:
+            quantize_embeddings(converted.graph_module, self.skip)
+        return converted
+
+    @property
+    def _int8_tables(self) -> bool:
+        return self.embeddings == "int8" or (self.embeddings == "auto" and self.scheme in DYNAMIC)
+
+    def _embeddings(self, gm: GraphModule, refused: list[Refusal]) -> int:
+        """int8 embedding tables where ``embeddings`` asks for them (in place on ``gm``)."""
+        if not self._int8_tables:
+            return 0
+        refused += [Refusal(n, why) for n, why in embedding_candidates(gm, self.skip)[1]]
+        return quantize_embeddings(gm, self.skip)
+
+    def _probe_batches(self, ctx: PassContext) -> list[tuple[Tensor, ...]]:
+        """Samples to score a dynamic result on: calibration data if any, else the example."""
+        if ctx.calibration is None or self.calibration.source == "example_inputs":
+            return [ctx.example_inputs]
+        return self._batches(ctx)
 
     def _batches(self, ctx: PassContext) -> list[tuple[Tensor, ...]]:
         source = (

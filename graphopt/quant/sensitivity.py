@@ -13,7 +13,7 @@ cosine is the real one whatever happens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -23,7 +23,11 @@ from graphopt.quant.placement import QuantLayer
 from graphopt.quant.qparams import ActivationQParams
 from graphopt.quant.quantizer import Agreement, Converted, agreement, convert, run_batches
 
-__all__ = ["MixedChoice", "choose_float_layers", "layer_sensitivity"]
+__all__ = ["Converter", "MixedChoice", "choose_float_layers", "layer_sensitivity"]
+
+# ``quantizer.convert`` (static QDQ) or ``dynamic.convert_dynamic``: (gm, layers, qparams,
+# activation_ops=) → Converted, so one search serves both schemes.
+Converter = Callable[..., Converted]
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,14 @@ def layer_sensitivity(
     layers: Sequence[QuantLayer],
     qparams: dict[str, ActivationQParams],
     batches: Sequence[tuple[Tensor, ...]],
+    *,
+    convert_fn: Converter = convert,
 ) -> list[dict[str, object]]:
     """One row per layer, most sensitive first: cosine when only that layer is int8."""
     reference = run_batches(gm, batches)
     rows = []
     for layer in layers:
-        alone = convert(gm, [layer], qparams, activation_ops=False).graph_module
+        alone = convert_fn(gm, [layer], qparams, activation_ops=False).graph_module
         score = agreement(reference, run_batches(alone, batches))
         rows.append(
             {
@@ -67,6 +73,7 @@ def choose_float_layers(
     batches: Sequence[tuple[Tensor, ...]],
     *,
     min_cosine: float,
+    convert_fn: Converter = convert,
 ) -> MixedChoice:
     """The fewest most-sensitive layers to keep in float so that cosine ≥ ``min_cosine``."""
     reference = run_batches(gm, batches)
@@ -78,7 +85,7 @@ def choose_float_layers(
         nonlocal evaluations
         evaluations += 1
         kept = {layer.node for layer in order[:k]}
-        converted = convert(gm, [x for x in layers if x.node not in kept], qparams)
+        converted = convert_fn(gm, [x for x in layers if x.node not in kept], qparams)
         return converted, agreement(reference, run_batches(converted.graph_module, batches))
 
     lo, hi = 0, len(order)

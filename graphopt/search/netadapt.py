@@ -11,7 +11,8 @@ backend, or MACs) and a step ``Δ`` (a fraction of ``C₀``), each iteration ``i
    ``_fewest_reaching``: about three latency measurements per group); a group that cannot
    reach ``aᵢ`` alone proposes its largest valid removal;
 3. optionally fine-tunes each candidate briefly, then scores it (a task metric, or the output
-   fidelity of ``output_fidelity``: higher is better);
+   fidelity of ``output_fidelity``: higher is better), here or, given a ``runner``, elsewhere
+   (``graphopt.search.parallel``: as Ray tasks, in parallel);
 4. keeps the best-scored candidate that reaches ``aᵢ`` (ties: the cheaper one), or, when none
    does, the cheapest one, and continues from it.
 
@@ -42,7 +43,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.fx import GraphModule
@@ -59,6 +60,7 @@ from graphopt.pruning.units import UnitBook, channels_of
 from graphopt.search.latency_cache import Configuration, configuration
 
 __all__ = [
+    "CandidateRunner",
     "CostFn",
     "Finetune",
     "ScoreFn",
@@ -71,6 +73,20 @@ __all__ = [
 CostFn = Callable[[Configuration, Callable[[], GraphModule], float], float]
 ScoreFn = Callable[[GraphModule], float]
 Finetune = Callable[[GraphModule], GraphModule]  # may train in place and return its argument
+
+
+class CandidateRunner(Protocol):
+    """Fine-tunes (when asked) and scores candidates elsewhere, e.g. as Ray tasks
+    (``graphopt.search.parallel``); the search still proposes, builds and picks."""
+
+    def add(self, gm: GraphModule) -> None:
+        """Take one built candidate (the runner may start on it at once)."""
+
+    def metrics(self) -> list[float]:
+        """The metrics of the candidates added since the last call, in their order."""
+
+    def weights(self, index: int) -> dict[str, torch.Tensor] | None:
+        """Candidate ``index``'s tensors after its fine-tune (None without fine-tuning)."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +138,13 @@ def search(
     options: SearchOptions,
     *,
     finetune: Finetune | None = None,
+    runner: CandidateRunner | None = None,
 ) -> SearchResult:
-    """Run NetAdapt from ``gm`` (left unchanged: candidates are copies)."""
+    """Run NetAdapt from ``gm`` (left unchanged: candidates are copies).
+
+    With a ``runner``, each iteration's candidates are fine-tuned and scored by it (in
+    parallel) instead of one after another here; the choice between them is the same.
+    """
     groups0 = build_groups(build_channel_graph(gm, ignore=options.ignore))
     book = UnitBook.start(groups0)
     macs0 = CostModel(gm, groups0).original
@@ -149,7 +170,12 @@ def search(
                 f"iteration {iteration}: {mismatch}; the groups changed other than by pruning "
                 "(a fine-tune may change weights, but not layers)"
             )
-        tried = _candidates(here, groups, aim, cost_fn, score_fn, options, example_inputs, finetune)
+        if runner is None:
+            tried = _candidates(
+                here, groups, aim, cost_fn, score_fn, options, example_inputs, finetune
+            )
+        else:
+            tried = _candidates_by(runner, here, groups, aim, cost_fn, options, example_inputs)
         candidates.extend(_record(iteration, p.group, p, cost0, macs0, options.kind) for p in tried)
         best = max(tried, key=_Point.key, default=None)
         if best is None or best.cost >= here.cost:
@@ -253,6 +279,47 @@ def _candidates(
             best = point
         else:
             point.gm = None
+    return points
+
+
+def _candidates_by(
+    runner: CandidateRunner,
+    here: _Point,
+    groups: Sequence[PruningGroup],
+    aim: float,
+    cost_fn: CostFn,
+    options: SearchOptions,
+    inputs: tuple[torch.Tensor, ...],
+) -> list[_Point]:
+    """``_candidates`` with the fine-tune and score done by ``runner``.
+
+    The same proposals in the same order, the same key and tie-break (``max`` keeps the first
+    of equal ones, as the sequential loop's strict ``>`` does). Only the best is kept as a
+    model: rebuilt from its units, with its fine-tuned weights when there are some.
+    """
+    scores, _ = compute_importance(here.gm, groups, options.importance, example_inputs=inputs)
+    model = CostModel(here.gm, groups)
+    points: list[_Point] = []
+    for g in groups:
+        point = _propose(here, groups, g, scores[g.id], model, aim, cost_fn, options, inputs)
+        if point is None:
+            continue
+        runner.add(point.gm)
+        point.gm = None
+        points.append(point)
+    if not points:
+        return points
+    for point, metric in zip(points, runner.metrics(), strict=True):
+        point.metric, point.meets = float(metric), point.cost <= aim
+    index = max(range(len(points)), key=lambda i: points[i].key())
+    best = points[index]
+    units = list(best.units)
+    best.gm = _Builder(here.gm, groups, best.group.id, units, inputs).get(len(units))
+    weights = runner.weights(index)
+    if weights is not None:
+        with torch.no_grad():
+            for name, tensor in [*best.gm.named_parameters(), *best.gm.named_buffers()]:
+                tensor.copy_(weights[name])
     return points
 
 

@@ -7,11 +7,12 @@ only whole entries: run it again and it resumes; a repeated sweep runs nothing. 
 ``sweep.cache_dir`` (or ``--cache-dir``), else ``$XDG_CACHE_HOME/graphopt/sweep`` like TVM's
 tuning databases: a variant two sweeps share is run once.
 
-Ray: ``ray.init()`` starts a local runtime (``num_cpus`` of them, default all cores) unless an
-address is given (``--address``, ``sweep.address``, or Ray's own ``RAY_ADDRESS``); each variant
-is one task reserving ``sweep.resources`` (Ray sets its ``OMP_NUM_THREADS`` to its CPUs). A
-runtime that is already initialised (a notebook, a test) is used and left running. Without Ray
-installed, variants run one after another in this process, with a one-line note.
+Ray: ``graphopt.distributed.ray_runtime`` starts a local runtime (``num_cpus`` of them, default
+all cores) unless an address is given (``--address``, ``sweep.address``, or Ray's own
+``RAY_ADDRESS``); each variant is one task reserving ``sweep.resources`` (Ray sets its
+``OMP_NUM_THREADS`` to its CPUs). A runtime that is already initialised (a notebook, a test) is
+used and left running. Without Ray installed, variants run one after another in this process,
+with a one-line note.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graphopt.distributed import import_ray, ray_runtime
 from graphopt.sweep.spec import SweepOptions
 from graphopt.sweep.variants import Variant
 from graphopt.sweep.worker import run_variant
@@ -132,17 +134,6 @@ def _report_from(files: dict[str, bytes]) -> dict[str, Any] | None:
         return None
 
 
-def import_ray() -> Any | None:
-    """The ``ray`` module, or None when it is not installed (a broken install still raises)."""
-    try:
-        import ray
-    except ModuleNotFoundError as exc:
-        if exc.name != "ray":
-            raise
-        return None
-    return ray
-
-
 def run_variants(
     variants: Sequence[Variant],
     options: SweepOptions,
@@ -188,19 +179,8 @@ def _run_on_ray(
     tally: _Tally,
     address: str | None,
 ) -> dict[str, Any]:
-    started_here = not ray.is_initialized()
-    if started_here:
-        address = address or options.address or os.environ.get("RAY_ADDRESS") or None
-        local = {} if address else {"num_cpus": options.num_cpus}
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="WARNING",
-            **local,
-        )
-    try:
-        cpus = float(ray.cluster_resources().get("CPU", 1))
+    with ray_runtime(ray, address=address or options.address, num_cpus=options.num_cpus) as where:
+        cpus = where["cpus"]
         resources = options.resources
         task = ray.remote(_ray_task).options(
             num_cpus=resources.num_cpus,
@@ -222,11 +202,7 @@ def _run_on_ray(
                 ray.cancel(ref, force=True)
             raise
         tally.update(done.values(), running=0)
-        where = "local" if started_here and not address else (address or "existing runtime")
-        return {"mode": "ray", "address": where, "cpus": cpus, "ray": ray.__version__}
-    finally:
-        if started_here:
-            ray.shutdown()
+        return {"mode": "ray", **where}
 
 
 def _ray_task(recipe: Any) -> dict[str, Any]:

@@ -36,8 +36,10 @@ MINIMAL_OPTIONS: dict[str, dict[str, object]] = {
     "remove_blocks": {"blocks": 1},
     "sparsify": {"sparsity": 0.5},
     "cluster": {"bits": 4},
+    "quantize_weights": {"block_size": 16},
 }
 IDEMPOTENT = {"fold_batchnorm", "quantize", "low_rank", "sparsify", "cluster"}
+IDEMPOTENT |= {"quantize_weights"}
 
 
 def _model() -> nn.Module:

@@ -25,6 +25,8 @@ CASES = [(name, MINIMAL_OPTIONS[name]) for name in sorted(MINIMAL_OPTIONS)] + [
     ),
     ("sparsify", {"sparsity": 0.5, "steps": 2, "recovery": {"steps": 2}}),
     ("cluster", {"bits": 4, "form": "dense"}),
+    ("quantize", {"scheme": "dynamic"}),
+    ("quantize_weights", {"block_size": 16, "method": "gptq"}),
 ]
 
 
