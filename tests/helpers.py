@@ -35,3 +35,30 @@ def count_op(gm: torch.fx.GraphModule, op: object) -> int:
 def max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+
+
+class BertEncoder(nn.Module):
+    """An HF ``BertModel`` built from a config (random weights, nothing downloaded) called as
+    ``(ids, mask) -> last_hidden_state``: the tiny transformer several suites prune."""
+
+    def __init__(self, **config: int) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.bert = BertModel(BertConfig(**config))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def tiny_bert(layers: int = 2, seed: int = 0) -> BertEncoder:
+    """Vocabulary 50, hidden 32, 4 heads, FFN 64, up to 32 positions; in eval mode."""
+    torch.manual_seed(seed)
+    return BertEncoder(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    ).eval()

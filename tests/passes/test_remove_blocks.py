@@ -18,34 +18,15 @@ from graphopt.pass_manager import PassManager
 from graphopt.passes import PassContext, get_pass
 from graphopt.residual import find_branches, without_branch
 from graphopt.zoo import get_model
+from tests.helpers import tiny_bert
 from tests.strategies import ResidualSpec, build_model, model_specs
 
 
 def _bert() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = BertModel(config)
-
-        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-
     ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, 8:] = 0  # padding: the mask is shared by every layer and must survive removals
-    return Encoder().eval(), (ids, mask)
+    return tiny_bert(layers=2), (ids, mask)
 
 
 def _resnet18() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:

@@ -28,6 +28,7 @@ from graphopt.pruning.refit import consumer_of, refit_pruned, solve_ridge
 from graphopt.runner import compress
 from graphopt.zoo import resnet
 from graphopt.zoo.seeding import seeded_build
+from tests.helpers import tiny_bert
 from tests.passes.test_contract import fingerprint
 from tests.pruning.conftest import zoo_trace
 from tests.strategies import random_models
@@ -170,32 +171,13 @@ def test_a_batchnorm_absorbs_the_intercept_of_a_biasless_conv() -> None:
 
 
 def _bert() -> tuple[nn.Module, tuple[Tensor, ...], list]:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-
-    class Encoder(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = BertModel(config)
-
-        def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-            return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
-
+    model = tiny_bert(layers=1)
     gen = torch.Generator().manual_seed(1)
     batches = [
         (torch.randint(0, 50, (8, 12), generator=gen), torch.ones(8, 12, dtype=torch.long))
         for _ in range(4)
     ]
-    return Encoder().eval(), (batches[0][0][:2], batches[0][1][:2]), batches
+    return model, (batches[0][0][:2], batches[0][1][:2]), batches
 
 
 def _resnet() -> tuple[nn.Module, tuple[Tensor, ...], list]:
