@@ -15,3 +15,32 @@ def write_section(section: str, heading: str, path: Path) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def say(message: str) -> None:
+    """A timestamped progress line on stderr (stdout carries the table)."""
+    import sys
+    import time
+
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: how a table cell names an error."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages as ``"a, b, c"`` (empty where unknown)."""
+    import os
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
+    return ", ".join(f"{x:.2f}" for x in load)
+
+
+def versions_text() -> str:
+    """graphopt's and its libraries' versions, Python left out (the machine line has it)."""
+    from graphopt.provenance import versions
+
+    return ", ".join(f"{k} {v}" for k, v in versions().items() if v and k != "python")

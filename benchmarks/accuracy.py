@@ -59,7 +59,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import (  # benchmarks/ is sys.path[0] when run as a script
+    load_average,
+    versions_text,
+    write_section,
+)
+from _results import one_line as _one_line
+from _results import say as _say
 
 from graphopt.backends import get_backend
 from graphopt.data import TaskData
@@ -411,12 +417,11 @@ def _against_magnitude(rows: list[dict[str, Any]]) -> list[str]:
 def _section(
     heading: str, args: argparse.Namespace, argv: list[str], table: str, seconds: float
 ) -> str:
-    from graphopt.provenance import machine, versions
+    from graphopt.provenance import machine
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/accuracy.py " + shlex.join(argv)
-    version_text = ", ".join(f"{k} {v}" for k, v in versions().items() if v and k != "python")
+    version_text = versions_text()
     return "\n".join(
         [
             heading,
@@ -424,7 +429,7 @@ def _section(
             f"Command: `{command.strip()}` ({stamp}, {seconds / 60:.0f} min)  ",
             f"Machine: {machine()['cpu']}, {os.cpu_count()} logical "
             f"cores, torch threads {args.threads}, load average at the end "
-            f"{', '.join(f'{x:.2f}' for x in load)}; {platform.system()} "
+            f"{load_average()}; {platform.system()} "
             f"{platform.machine()}, Python {platform.python_version()}; {version_text}  ",
             "ONNX Runtime with 1 intra-op thread, batch 1, original and compressed timed "
             f"interleaved (warmup {args.warmup}, {args.runs} runs); metrics on the test data "
@@ -436,15 +441,6 @@ def _section(
             "",
         ]
     )
-
-
-def _say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

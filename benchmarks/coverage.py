@@ -35,7 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import (  # benchmarks/ is sys.path[0] when run as a script
+    load_average,
+    versions_text,
+    write_section,
+)
+from _results import say as _say
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.coverage, the registry shared with the test suite
@@ -215,19 +220,18 @@ def _ratio(value: float | None) -> str:
 
 
 def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: float) -> str:
-    from graphopt.provenance import machine, versions
+    from graphopt.provenance import machine
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/coverage.py " + shlex.join(argv)
-    version_text = ", ".join(f"{k} {v}" for k, v in versions().items() if v and k != "python")
+    version_text = versions_text()
     return "\n".join(
         [
             SECTION,
             "",
             f"Command: `{command.strip()}` ({stamp}, {seconds / 60:.0f} min)  ",
             f"Machine: {machine()['cpu']}, {os.cpu_count()} logical cores, torch threads "
-            f"{args.threads}, load average at the end {', '.join(f'{x:.2f}' for x in load)}; "
+            f"{args.threads}, load average at the end {load_average()}; "
             f"{platform.system()} {platform.machine()}, Python {platform.python_version()}; "
             f"{version_text}  ",
             f"{args.jobs} model(s) at a time (run s is wall time, shared machine). "
@@ -242,10 +246,6 @@ def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: flo
             "",
         ]
     )
-
-
-def _say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import (  # benchmarks/ is sys.path[0] when run as a script
+    load_average,
+    versions_text,
+    write_section,
+)
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## Memory and time against model size"
@@ -180,10 +184,9 @@ def _table(rows: list[dict]) -> str:
 
 
 def _section(argv: list[str], table: str, seconds: float) -> str:
-    from graphopt.provenance import machine, versions
+    from graphopt.provenance import machine
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
-    version_text = ", ".join(f"{k} {v}" for k, v in versions().items() if v and k != "python")
+    version_text = versions_text()
     command = " ".join(["python benchmarks/memory.py", *argv])
     return "\n".join(
         [
@@ -192,7 +195,7 @@ def _section(argv: list[str], table: str, seconds: float) -> str:
             f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"{seconds / 60:.0f} min)  ",
             f"Machine: {machine()['cpu']}, {os.cpu_count()} logical cores, torch threads 1, "
-            f"load average at the end {', '.join(f'{x:.2f}' for x in load)}; "
+            f"load average at the end {load_average()}; "
             f"{platform.system()} {platform.machine()}, Python {platform.python_version()}; "
             f"{version_text}  ",
             f"HF BERT encoder, hidden {HIDDEN}, {HEADS} heads, FFN {FFN}, sequence {SEQ}, "

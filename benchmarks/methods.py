@@ -62,7 +62,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import (  # benchmarks/ is sys.path[0] when run as a script
+    load_average,
+    versions_text,
+    write_section,
+)
+from _results import one_line as _one_line
+from _results import say as _say
 
 from graphopt.artifacts import export_onnx
 from graphopt.backends import get_backend
@@ -275,12 +281,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: float) -> str:
-    from graphopt.provenance import machine, versions
+    from graphopt.provenance import machine
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/methods.py " + shlex.join(argv)
-    version_text = ", ".join(f"{k} {v}" for k, v in versions().items() if v and k != "python")
+    version_text = versions_text()
     return "\n".join(
         [
             SECTION,
@@ -288,7 +293,7 @@ def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: flo
             f"Command: `{command.strip()}` ({stamp}, {seconds / 60:.0f} min)  ",
             f"Machine: {machine()['cpu']}, {os.cpu_count()} logical cores shared with other "
             f"jobs, torch threads {args.threads}, load average at the end "
-            f"{', '.join(f'{x:.2f}' for x in load)}; {platform.system()} "
+            f"{load_average()}; {platform.system()} "
             f"{platform.machine()}, Python {platform.python_version()}; {version_text}  ",
             f"Fine-tuning: R = {args.recovery_steps} distillation steps (batch "
             f"{args.batch_size}; digits R/2) after each sparsity step and 2R for the centroids "
@@ -306,15 +311,6 @@ def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: flo
             "",
         ]
     )
-
-
-def _say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 if __name__ == "__main__":

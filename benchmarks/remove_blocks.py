@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import load_average, write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import say as _say
 
 from graphopt.backends import get_backend
 from graphopt.backends.compare import compare_on_backend
@@ -181,7 +182,6 @@ def _table(rows: list[dict[str, Any]], comparison: Any, removed: list[str], targ
 def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: float) -> str:
     from graphopt.provenance import machine
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/remove_blocks.py " + shlex.join(argv)
     return "\n".join(
@@ -191,7 +191,7 @@ def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: flo
             f"Command: `{command.strip()}` ({stamp}, {seconds / 60:.0f} min)  ",
             f"Task {args.task}; machine: {machine()['cpu']}, {os.cpu_count()} logical cores, "
             f"torch threads {args.threads}, load average at the end "
-            f"{', '.join(f'{x:.2f}' for x in load)}; {platform.system()} {platform.machine()}  ",
+            f"{load_average()}; {platform.system()} {platform.machine()}  ",
             f"ONNX Runtime with 1 intra-op thread, batch 1, the three models timed interleaved "
             f"(warmup {args.warmup}, {args.runs} runs); recovery {args.steps} steps of "
             "distillation, checkpoint chosen on validation data; accuracy on the test data.",
@@ -200,10 +200,6 @@ def _section(args: argparse.Namespace, argv: list[str], table: str, seconds: flo
             "",
         ]
     )
-
-
-def _say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
