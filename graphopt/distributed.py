@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["import_ray", "ray_runtime"]
+__all__ = ["drain", "import_ray", "ray_runtime", "stop_unfinished"]
 
 
 def import_ray() -> Any | None:
@@ -55,3 +55,30 @@ def ray_runtime(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def drain(ray: Any, refs: list[Any]) -> None:
+    """Wait for ``refs`` to finish, whatever their outcome (their results are not wanted).
+
+    Used instead of cancelling after a task failed: Ray 2.60 aborts the driver process (a
+    ``RAY_CHECK`` in ``TaskManager::CompletePendingTask``, "Tried to complete task that was
+    not pending") when ``ray.cancel`` races with the reply of a task finishing at that moment,
+    ray-project/ray#54846. It killed a CI run here. Letting an iteration's other candidates
+    finish costs at most one task's time, and never the user's process.
+    """
+    if refs:
+        ray.wait(list(refs), num_returns=len(refs), timeout=None, fetch_local=False)
+
+
+def stop_unfinished(ray: Any, refs: list[Any]) -> None:
+    """Cancel those of ``refs`` not yet finished (on Ctrl-C, when the runtime outlives us).
+
+    Finished tasks are never cancelled (that is the race :func:`drain` explains); a task
+    finishing between the check and the cancel can still hit it, a window of microseconds
+    instead of a whole iteration. Not forced: a forced cancel kills the worker process.
+    """
+    if not refs:
+        return
+    _ready, unfinished = ray.wait(list(refs), num_returns=len(refs), timeout=0, fetch_local=False)
+    for ref in unfinished:
+        ray.cancel(ref, force=False)

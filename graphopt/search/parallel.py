@@ -91,8 +91,9 @@ def candidate_tasks(
         how.update(mode="ray", **where, task_cpus=task_cpus, tasks=0, task_seconds=0.0)
         try:
             yield runner, how
-        except BaseException:  # an error, Ctrl-C: stop what still runs (a runtime not ours too)
-            runner.cancel()
+        except BaseException:  # an error, Ctrl-C: a runtime started here shuts down (its
+            if where["address"] == "existing runtime":  # workers with it); one not ours
+                runner.cancel()  # is asked to stop our unfinished tasks
             raise
         how.update(tasks=runner.tasks, task_seconds=round(runner.seconds, 3))
 
@@ -134,8 +135,8 @@ class RayCandidates:
         self.done, self.running = self.running, []
         try:
             values = self.ray.get([m for m, _ in self.done])
-        except Exception as exc:  # a task's error, or a worker that died
-            self.cancel()
+        except Exception as exc:  # a task's error, or a worker that died: let the others
+            distributed.drain(self.ray, [m for m, _ in self.done])  # end (never cancel them)
             cause = getattr(exc, "cause", None) or exc  # RayTaskError: what the task raised
             if isinstance(cause, GraphoptError):
                 raise cause from exc
@@ -147,9 +148,8 @@ class RayCandidates:
         return [float(metric) for metric, _seconds in values]
 
     def cancel(self) -> None:
-        """Stop the tasks still running (their results are no longer wanted)."""
-        for metric, _weights in [*self.running, *self.done]:
-            self.ray.cancel(metric, force=True)
+        """Stop the tasks not yet finished (their results are no longer wanted)."""
+        distributed.stop_unfinished(self.ray, [m for m, _ in [*self.running, *self.done]])
         self.running, self.held = [], []
 
     def weights(self, index: int) -> dict[str, torch.Tensor] | None:

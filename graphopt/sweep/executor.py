@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphopt.distributed import import_ray, ray_runtime
+from graphopt.distributed import import_ray, ray_runtime, stop_unfinished
 from graphopt.sweep.spec import SweepOptions
 from graphopt.sweep.variants import Variant
 from graphopt.sweep.worker import run_variant
@@ -197,9 +197,9 @@ def _run_on_ray(
                 for ref in ready:
                     variant = pending.pop(ref)
                     done[variant.key] = cache.store(variant, _get(ray, ref))
-        except BaseException:  # Ctrl-C, SIGTERM: stop what runs; finished ones are cached
-            for ref in pending:
-                ray.cancel(ref, force=True)
+        except BaseException:  # Ctrl-C, SIGTERM: finished ones are cached; a runtime started
+            if where["address"] == "existing runtime":  # here shuts down with its workers,
+                stop_unfinished(ray, list(pending))  # one not ours is asked to stop ours
             raise
         tally.update(done.values(), running=0)
         return {"mode": "ray", **where}

@@ -133,7 +133,11 @@ def test_latency_is_measured_in_the_driver_and_each_configuration_once(ray_runti
     assert on_ray.stats["latency_measurements"] == len(set(ray_latency.calls))
 
 
-def test_a_score_that_fails_in_a_task_is_a_pass_error_naming_why(ray_runtime) -> None:
+def test_a_score_that_fails_in_a_task_is_a_pass_error_naming_why(ray_runtime, monkeypatch) -> None:
+    """The other tasks are left to finish, never cancelled: ``ray.cancel`` racing a finishing
+    task aborts the driver in Ray 2.60 (ray-project/ray#54846; it killed a CI run)."""
+    cancelled: list[object] = []
+    monkeypatch.setattr(ray, "cancel", lambda ref, **kw: cancelled.append(ref))
     _, gm, inputs = small_trace(models.ConvChain)
     driver = os.getpid()
 
@@ -145,6 +149,7 @@ def test_a_score_that_fails_in_a_task_is_a_pass_error_naming_why(ray_runtime) ->
     with pytest.raises(PassError, match=r"\[adapt\].*ValueError: boom in a worker"):
         _adapt(gm, inputs, {"evaluate": evaluate}, target_macs=0.5, round_to=4,
                parallel={"backend": "ray"})  # fmt: skip
+    assert cancelled == []
 
 
 def test_a_score_that_does_not_pickle_runs_in_process_with_a_note(resnet) -> None:
