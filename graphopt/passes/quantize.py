@@ -144,7 +144,8 @@ class Quantize(Pass):
         if self.scheme in DYNAMIC:
             return self._dynamic(gm, ctx, layers, refused, folded, functional)
         batches = self._batches(ctx)
-        qparams = calibrate(
+        probe = list(take_samples(batches, self.sensitivity_samples))
+        calibration = calibrate(
             gm,
             layers,
             batches,
@@ -152,26 +153,28 @@ class Quantize(Pass):
             activations=self.activations,
             percentile=self.percentile,
             progress=self.progress,
+            reference_batches=_leading_same(probe, batches),
         )
-        probe = list(take_samples(batches, self.sensitivity_samples))
+        qparams = calibration.qparams
+        reference = run_batches(gm, probe, known=calibration.reference)
         table = (
-            layer_sensitivity(gm, layers, qparams, probe)
+            layer_sensitivity(gm, layers, qparams, probe, reference=reference)
             if self.scheme == "mixed" or self.sensitivity
             else []
         )
         stats: dict[str, Any] = {"scheme": self.scheme}
         if self.scheme == "mixed":
             choice = choose_float_layers(
-                gm, layers, qparams, table, probe, min_cosine=self.min_cosine
+                gm, layers, qparams, table, probe, min_cosine=self.min_cosine, reference=reference
             )
-            converted = choice.converted
+            converted, score = choice.converted, choice.agreement
             for layer in choice.float_layers:
                 refused.append(Refusal(layer.node, "kept in float by mixed precision"))
             stats |= {"min_cosine": self.min_cosine, "budget_met": choice.met}
             stats["mixed_evaluations"] = choice.evaluations
         else:
             converted = convert(gm, layers, qparams)
-        score = agreement(run_batches(gm, probe), run_batches(converted.graph_module, probe))
+            score = agreement(reference, run_batches(converted.graph_module, probe))
         tables = self._embeddings(converted.graph_module, refused)
         stats |= {
             "embeddings_int8": tables,
@@ -205,8 +208,11 @@ class Quantize(Pass):
         layers, convs = dynamic_layers(layers, gm)
         refused += [Refusal(node, reason) for node, reason in convs]
         probe = list(take_samples(self._probe_batches(ctx), self.sensitivity_samples))
+        reference = run_batches(gm, probe)
         table = (
-            layer_sensitivity(gm, layers, {}, probe, convert_fn=convert_dynamic)
+            layer_sensitivity(
+                gm, layers, {}, probe, convert_fn=convert_dynamic, reference=reference
+            )
             if self.scheme == "dynamic_mixed" or self.sensitivity
             else []
         )
@@ -220,6 +226,7 @@ class Quantize(Pass):
                 probe,
                 min_cosine=self.min_cosine,
                 convert_fn=self._dynamic_with_embeddings,
+                reference=reference,
             )
             converted = choice.converted
             for layer in choice.float_layers:
@@ -231,7 +238,7 @@ class Quantize(Pass):
         if self._int8_tables:
             refused += [Refusal(n, why) for n, why in embedding_candidates(gm, self.skip)[1]]
         tables = int8_embeddings(converted.graph_module)
-        score = agreement(run_batches(gm, probe), run_batches(converted.graph_module, probe))
+        score = agreement(reference, run_batches(converted.graph_module, probe))
         stats |= {
             "layers_int8": converted.weights,
             "dynamic_inputs": converted.activation_pairs,
@@ -286,3 +293,14 @@ class Quantize(Pass):
         if not batches:
             raise PassError(self.name, "the calibration data yielded no batches")
         return batches
+
+
+def _leading_same(probe: list[tuple[Tensor, ...]], batches: list[tuple[Tensor, ...]]) -> int:
+    """How many of the probe's first batches are calibration batches, unsliced (the float
+    outputs calibration computes for those are the probe's reference, bit for bit)."""
+    count = 0
+    for mine, theirs in zip(probe, batches, strict=False):
+        if mine is not theirs:
+            break
+        count += 1
+    return count

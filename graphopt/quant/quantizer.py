@@ -28,7 +28,15 @@ from graphopt.quant.rewrite import insert_activation_qdq, quantize_weights
 from graphopt.quant.simulate import fast_simulation
 from graphopt.sharing import shared_copy
 
-__all__ = ["Agreement", "Converted", "agreement", "calibrate", "convert", "run_batches"]
+__all__ = [
+    "Agreement",
+    "Calibration",
+    "Converted",
+    "agreement",
+    "calibrate",
+    "convert",
+    "run_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,15 @@ class Agreement:
         return {"cosine": self.cosine, "top1_agreement": self.top1_agreement}
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Every site's quantization parameters, and the float outputs of the leading batches
+    (``reference_batches`` of them, as :func:`run_batches` gives them)."""
+
+    qparams: dict[str, ActivationQParams]
+    reference: list[list[Tensor]]
+
+
 def calibrate(
     gm: GraphModule,
     layers: Sequence[QuantLayer],
@@ -59,11 +76,12 @@ def calibrate(
     activations: str,
     percentile: float = 99.99,
     progress: bool = False,
-) -> dict[str, ActivationQParams]:
+    reference_batches: int = 0,
+) -> Calibration:
     """Quantization parameters of every site any layer set could need (all layers active)."""
     sites = find_sites(gm, {layer.node for layer in layers})
     observers = {name: make_observer(observer, percentile=percentile) for name in sites.own}
-    observe(gm, observers, batches, progress=progress)
+    kept = observe(gm, observers, batches, progress=progress, keep=reference_batches)
     levels = 256
     params = {}
     for name, obs in observers.items():
@@ -78,7 +96,7 @@ def calibrate(
                     "finite and the float model's output there?)",
                 )
             params[name] = qp
-    return params
+    return Calibration(params, [_flat(out) for out in kept])
 
 
 def convert(
@@ -124,22 +142,32 @@ def _input_scales(
     return scales
 
 
-def run_batches(gm: torch.nn.Module, batches: Collection[tuple[Tensor, ...]]) -> list[Tensor]:
+def run_batches(
+    gm: torch.nn.Module,
+    batches: Collection[tuple[Tensor, ...]],
+    *,
+    known: Sequence[list[Tensor]] = (),
+) -> list[Tensor]:
     """Outputs of ``gm`` on every batch, each flattened to (batch, features), concatenated.
 
-    A QDQ graph runs as its ``fast_simulation`` (same values, fused kernels): these outputs
-    only score it."""
+    ``known``: the outputs of the leading batches, already computed (calibration's): only
+    the batches after them run. A QDQ graph runs as its ``fast_simulation`` (same values,
+    fused kernels): these outputs only score it."""
     if isinstance(gm, GraphModule) and any(
         is_op(n, [torch.ops.quantized_decomposed.dequantize_per_tensor]) for n in gm.graph.nodes
     ):
         gm = fast_simulation(gm)
-    rows = []
+    rows = list(known[: len(batches)])
     with torch.no_grad():
-        for inputs in batches:
-            out = gm(*inputs)
-            leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, Tensor)]
-            rows.append([t.detach().float() for t in leaves])
+        for inputs in list(batches)[len(rows) :]:
+            rows.append(_flat(gm(*inputs)))
     return [torch.cat(parts) for parts in zip(*rows, strict=True)]
+
+
+def _flat(out: object) -> list[Tensor]:
+    """A forward's tensor outputs, detached, in float (what :func:`agreement` compares)."""
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, Tensor)]
+    return [t.detach().float() for t in leaves]
 
 
 def agreement(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> Agreement:

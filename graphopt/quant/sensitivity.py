@@ -46,9 +46,12 @@ def layer_sensitivity(
     batches: Sequence[tuple[Tensor, ...]],
     *,
     convert_fn: Converter = convert,
+    reference: list[Tensor] | None = None,
 ) -> list[dict[str, object]]:
-    """One row per layer, most sensitive first: cosine when only that layer is int8."""
-    reference = run_batches(gm, batches)
+    """One row per layer, most sensitive first: cosine when only that layer is int8.
+
+    ``reference``: the float outputs on ``batches`` when already known (run here if not)."""
+    reference = run_batches(gm, batches) if reference is None else reference
     rows = []
     for layer in layers:
         alone = convert_fn(gm, [layer], qparams, activation_ops=False).graph_module
@@ -74,9 +77,10 @@ def choose_float_layers(
     *,
     min_cosine: float,
     convert_fn: Converter = convert,
+    reference: list[Tensor] | None = None,
 ) -> MixedChoice:
     """The fewest most-sensitive layers to keep in float so that cosine ≥ ``min_cosine``."""
-    reference = run_batches(gm, batches)
+    reference = run_batches(gm, batches) if reference is None else reference
     by_node = {layer.node: layer for layer in layers}
     order = [by_node[str(row["node"])] for row in sensitivity]
     evaluations = 0

@@ -35,7 +35,8 @@ def test_fast_simulation_is_bit_identical_to_the_qdq_graph(name: str, shape) -> 
     fast = fast_simulation(gm)
     targets = {n.target for n in fast.graph.nodes if n.op == "call_function"}
     assert torch.ops.quantized_decomposed.dequantize_per_tensor.default not in targets
-    assert torch.ops.quantized_decomposed.dequantize_per_channel.default not in targets
+    assert torch.ops.quantized_decomposed.quantize_per_tensor.default not in targets
+    assert len(dict(fast.named_buffers())) == len(dict(gm.named_buffers()))  # no float copies
     with torch.no_grad():
         assert torch.equal(fast(*inputs), gm(*inputs))
     assert any(
@@ -58,7 +59,9 @@ def test_compiled_calibration_sees_what_the_graph_computes() -> None:
     gm = trace(model, inputs)
     names = [n.name for n in gm.graph.nodes if n.op == "call_function"][:20]
     observers = {name: make_observer("minmax") for name in names}
-    assert observe(gm, observers, [inputs, inputs]) == 2
+    kept = observe(gm, observers, [inputs, inputs], keep=1)
+    with torch.no_grad():
+        assert len(kept) == 1 and torch.equal(kept[0], gm(*inputs))  # the float reference
     values = {}
 
     class Record(torch.fx.Interpreter):
