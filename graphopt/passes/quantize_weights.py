@@ -3,11 +3,13 @@
 
 Match → check → rewrite. Candidates are ``aten.linear`` nodes whose weight is a float
 parameter read by that layer alone (``graphopt.sparsity.layers``: a tied embedding/head, a
-weight another pass already computes, a layer in ``skip`` are refusals with the reason; HF
-``Conv1D``'s ``addmm`` too, for now). Each weight ``[N, K]`` is cut into blocks of
-``block_size`` consecutive input features per output row, and each block gets one scale (and
-zero point unless ``symmetric``) — ``graphopt.weightonly.blocks`` has the maths and the
-conventions, which are ONNX Runtime's own. Methods:
+weight another pass already computes, a layer in ``skip`` are refusals with the reason). HF
+``Conv1D`` layers (GPT-2's ``addmm`` with an ``[in, out]`` weight) are first rewritten to
+``aten.linear`` (``graphopt.weightonly.conv1d``) and quantized like the others. Each weight
+``[N, K]`` is cut into blocks of ``block_size`` consecutive input features per output row,
+and each block gets one scale (and zero point unless ``symmetric``) —
+``graphopt.weightonly.blocks`` has the maths and the conventions, which are ONNX Runtime's
+own. Methods:
 
 - ``rtn``: round to nearest, no data;
 - ``gptq``: GPTQ (Frantar et al. 2022, ``graphopt.weightonly.gptq``) from each layer's input
@@ -46,6 +48,7 @@ from graphopt.passes.base import Pass, PassContext, PassResult, Refusal, registe
 from graphopt.sparsity.layers import check_names, find_weights
 from graphopt.weightonly.blocks import BlockQuant, dequantize, quantize_rtn
 from graphopt.weightonly.calibration import collect_hessians
+from graphopt.weightonly.conv1d import linearize_conv1d
 from graphopt.weightonly.form import find_quantized, write_quantized
 from graphopt.weightonly.gptq import gptq_quantize
 
@@ -83,16 +86,20 @@ class QuantizeWeights(Pass):
             return value
 
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
-        check_names(gm, self.name, "skip", self.skip)
+        check_names(gm, self.name, "skip", self.skip, extra_ops=(aten.addmm,))
         if self.method == "gptq":
             ctx.require(self.name, "calibration", purpose="GPTQ's input Hessians")
 
     def call(self, gm: GraphModule, ctx: PassContext) -> PassResult:
+        linearized = linearize_conv1d(gm, self.skip)
         refs, refused = find_weights(gm, self.skip)
         done = {q.node.name for q in find_quantized(gm)}
         refused = [_already(r, done, gm) for r in refused]
         refused += [
-            Refusal(module_path(n) or n.name, "addmm (HF Conv1D): only aten.linear is quantized")
+            Refusal(
+                module_path(n) or n.name,
+                "addmm (HF Conv1D) with a shared weight, beta/alpha ≠ 1 or in skip: left float",
+            )
             for n in iter_ops(gm, (aten.addmm,))
             if get_tensor(gm, n.args[2] if len(n.args) > 2 else None) is not None
         ]
@@ -135,6 +142,7 @@ class QuantizeWeights(Pass):
             "symmetric": self.symmetric,
             "method": self.method,
             "quantized": len(rows),
+            "conv1d_as_linear": len(linearized),
             "bytes_float": float_bytes,
             "bytes_packed": packed,
             "size_ratio": float_bytes / packed if packed else 1.0,

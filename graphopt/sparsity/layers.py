@@ -85,9 +85,17 @@ def find_weights(
     return found, refused
 
 
-def check_names(gm: GraphModule, pass_name: str, option: str, names: Sequence[str]) -> None:
-    """A ``PassError`` for an entry of ``option`` that names no conv/linear layer."""
-    paths = {module_path(n) for n in iter_ops(gm, LAYER_OPS)}
+def check_names(
+    gm: GraphModule,
+    pass_name: str,
+    option: str,
+    names: Sequence[str],
+    *,
+    extra_ops: Sequence[object] = (),
+) -> None:
+    """A ``PassError`` for an entry of ``option`` that names no conv/linear layer (nor a
+    layer of ``extra_ops``, e.g. ``addmm`` for a pass that takes HF ``Conv1D``)."""
+    paths = {module_path(n) for n in iter_ops(gm, (*LAYER_OPS, *extra_ops))}
     for name in names:
         if name not in paths and not any(p.startswith(name + ".") for p in paths):
             example = ", ".join(sorted(p for p in paths if p)[:5]) or "(no named layers)"

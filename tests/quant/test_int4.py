@@ -247,7 +247,7 @@ def test_the_graph_survives_pt2_later_passes_and_a_second_run(tmp_path) -> None:
     graphopt.PassManager([QuantizeWeights()]).run(graphopt.trace(model, inputs), inputs)
 
 
-def test_skip_tied_and_conv1d_layers_are_refused_with_the_reason() -> None:
+def test_skip_and_tied_layers_are_refused_and_conv1d_is_quantized() -> None:
     from transformers.pytorch_utils import Conv1D
 
     class Net(nn.Module):
@@ -264,12 +264,55 @@ def test_skip_tied_and_conv1d_layers_are_refused_with_the_reason() -> None:
 
     torch.manual_seed(0)
     ids = torch.randint(0, 50, (2, 8))
-    result = _quantize(Net().eval(), (ids,), skip=["fc"])
+    net = Net().eval()
+    before = net.conv1d.weight.detach().clone()
+    result = _quantize(net, (ids,), skip=["fc"])
     reasons = {r.node: r.reason for r in result.refusals}
     assert reasons["fc"] == "in skip"
     assert "shared" in reasons["head"]
-    assert "Conv1D" in reasons["conv1d"]
-    assert not result.modified and result.stats["quantized"] == 0
+    assert "conv1d" not in reasons and result.stats["conv1d_as_linear"] == 1
+    assert result.modified and [r["layer"] for r in result.stats["layers"]] == ["conv1d"]
+    assert torch.equal(net.conv1d.weight, before)  # the user's [in, out] weight untouched
+    skipped = _quantize(net, (ids,), skip=["fc", "conv1d"])
+    assert skipped.stats["quantized"] == 0
+    assert "Conv1D" in {r.node: r.reason for r in skipped.refusals}["conv1d"]
+
+
+def _gpt2() -> tuple[nn.Module, tuple[Tensor, ...]]:
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=100, n_positions=32, n_embd=64, n_layer=2, n_head=4)
+
+    class Hidden(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gpt2 = GPT2Model(config).eval()
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.gpt2(input_ids=ids, use_cache=False).last_hidden_state
+
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(1))
+    return Hidden().eval(), (ids,)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_gpt2_conv1d_layers_run_as_matmulnbits(bits: int, tmp_path) -> None:
+    model, inputs = _gpt2()
+    with torch.no_grad():
+        reference = model(*inputs)
+    result = _quantize(model, inputs, bits=bits, accuracy_level=1)
+    gm = result.graph_module
+    assert result.stats["conv1d_as_linear"] == result.stats["quantized"] == 4 * 2
+    assert not [r for r in result.refusals if "Conv1D" in r.reason]
+    out = gm(*inputs).detach()
+    cosine = torch.nn.functional.cosine_similarity(out.flatten(), reference.flatten(), dim=0)
+    assert cosine > (0.99 if bits == 4 else 0.9999)
+    compiled = get_backend("onnxruntime", onnx_path=tmp_path / "g.onnx").compile(gm, inputs)
+    np.testing.assert_allclose(
+        compiled.run([inputs[0].numpy()])[0], out.numpy(), rtol=1e-4, atol=1e-4
+    )
+    assert _ops(tmp_path / "g.onnx").count("MatMulNBits") == 8
 
 
 def test_bad_options_are_one_line_errors() -> None:
