@@ -261,12 +261,17 @@ def _samples(model, inputs, count: int, batch: int, seed: int) -> list[tuple[tor
 
 
 # ---- the tools -------------------------------------------------------------------------------
-def _graphopt_int8(gm, inputs, calibration, observer: str, folder: Path):
+def _graphopt_quantized(gm, inputs, calibration, observer: str):
+    """The pass manager's ``quantize`` run and its seconds (capture and export excluded)."""
     started = time.perf_counter()
     context = PassContext(inputs, {"calibration": calibration})
     pass_ = get_pass("quantize", observer=observer, progress=False)
     result = PassManager([pass_]).run(gm, inputs, context=context)
-    seconds = time.perf_counter() - started
+    return result, time.perf_counter() - started
+
+
+def _graphopt_int8(gm, inputs, calibration, observer: str, folder: Path):
+    result, seconds = _graphopt_quantized(gm, inputs, calibration, observer)
     stats = result.stages[-1].stats
     detail = {
         "note": f"{stats.get('layers_int8')} layers int8, {stats.get('layers_float')} float, "
@@ -364,22 +369,31 @@ class _Session:
 
 
 def _pt2e(model, inputs, calibration, folder: Path, *, split: bool):
-    try:
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-            X86InductorQuantizer,
-            get_default_x86_inductor_quantization_config,
-        )
-    except ImportError as exc:
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
         raise RuntimeError(
             "torch.ao.quantization.quantize_pt2e is gone from torch 2.13 and torchao is not "
-            f"installed ({exc}); pip install --no-deps torchao"
-        ) from exc
+            "installed; pip install --no-deps torchao"
+        )
     detail = {}
     if split:
         model, reused = _split_reused_modules(model, inputs)
         calls = sum(reused.values())
         detail["note"] = f"{len(reused)} reused modules split into {calls} copies"
+    converted, seconds = _pt2e_converted(model, inputs, calibration)
+    path = folder / f"pt2e{'_split' if split else ''}.onnx"
+    return _graphopt_session(converted, inputs, path, seconds, detail)
+
+
+def _pt2e_converted(model, inputs, calibration):
+    """PT2E's capture + prepare + calibration + convert, and its seconds."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
     started = time.perf_counter()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     with _quiet():
@@ -388,9 +402,7 @@ def _pt2e(model, inputs, calibration, folder: Path, *, split: bool):
             for batch in calibration:
                 prepared(*batch)
         converted = convert_pt2e(prepared)
-    seconds = time.perf_counter() - started
-    path = folder / f"pt2e{'_split' if split else ''}.onnx"
-    return _graphopt_session(converted, inputs, path, seconds, detail)
+    return converted, time.perf_counter() - started
 
 
 class _PerCall(nn.Module):

@@ -32,8 +32,6 @@ import torch
 from _results import load_average, one_line, say, versions_text, write_section
 
 from graphopt.capture import trace
-from graphopt.pass_manager import PassManager
-from graphopt.passes import PassContext, get_pass
 from graphopt.zoo import get_model
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -132,35 +130,16 @@ def _bench_model(name: str, args: argparse.Namespace) -> list[dict[str, object]]
 
 def _graphopt_seconds(gm: torch.fx.GraphModule, inputs: tuple, calibration: list) -> float:
     """The pass manager's run of ``quantize`` (no export: only the pass is timed)."""
-    started = time.perf_counter()
-    context = PassContext(inputs, {"calibration": calibration})
-    PassManager([get_pass("quantize", observer="minmax", progress=False)]).run(
-        gm, inputs, context=context
-    )
-    return time.perf_counter() - started
+    return q._graphopt_quantized(gm, inputs, calibration, "minmax")[1]
 
 
 def _pt2e_seconds(
     model: torch.nn.Module, inputs: tuple, calibration: list, *, split: bool
 ) -> float:
     """PT2E's capture + prepare + calibration + convert, as ``quantization._pt2e`` times it."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer,
-        get_default_x86_inductor_quantization_config,
-    )
-
     if split:
         model, _reused = q._split_reused_modules(model, inputs)
-    started = time.perf_counter()
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    with q._quiet():
-        prepared = prepare_pt2e(trace(model, inputs), quantizer)
-        with torch.no_grad():
-            for batch in calibration:
-                prepared(*batch)
-        convert_pt2e(prepared)
-    return time.perf_counter() - started
+    return q._pt2e_converted(model, inputs, calibration)[1]
 
 
 def _table(rows: list[dict[str, object]]) -> str:
