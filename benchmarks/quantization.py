@@ -67,6 +67,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -338,8 +339,9 @@ def _ort_static(fp32_path: Path, calibration, kind: str, folder: Path):
     return session, {"seconds": seconds, "bytes": _file_bytes(out), "ops": ops, "detail": {}}
 
 
-def _ort_session(path: Path, optimized: Path):
-    """A session with graphopt's backend options; the op histogram of its optimized graph."""
+def _ort_session(path: Path, optimized: Path, disabled_optimizers: Sequence[str] = ()):
+    """A session with graphopt's backend threading options and ORT's own fusions (less
+    ``disabled_optimizers``); the op histogram of its optimized graph."""
     import onnx
     import onnxruntime as ort
 
@@ -351,7 +353,12 @@ def _ort_session(path: Path, optimized: Path):
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.optimized_model_filepath = str(optimized)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(disabled_optimizers),
+    )
     graph = onnx.load(str(optimized), load_external_data=False).graph
     ops = dict(collections.Counter(n.op_type for n in graph.node).most_common())
     return _Session(session), ops
