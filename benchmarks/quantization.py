@@ -403,8 +403,14 @@ def _pt2e_converted(model, inputs, calibration):
 
     started = time.perf_counter()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    captured = trace(model, inputs)
+    # torchao 0.18's linear-unary annotation indexes the outputs of every Linear → unary
+    # partition and raises IndexError on one whose result nothing reads (MiniLM's unused BERT
+    # pooler: dense → tanh); dead-code elimination first is the user's workaround.
+    captured.graph.eliminate_dead_code()
+    captured.recompile()
     with _quiet():
-        prepared = prepare_pt2e(trace(model, inputs), quantizer)
+        prepared = prepare_pt2e(captured, quantizer)
         with torch.no_grad():
             for batch in calibration:
                 prepared(*batch)

@@ -21,6 +21,8 @@ full resolution — and with importances that differ little between groups ``cos
 cuts those to ``round_to`` channels first; that meets the MACs target but leaves the wide,
 memory-bound layers (depthwise convs on the expansions) as they were, so the model is
 slower at equal MACs. ``cost_aware`` is for when MACs themselves are the budget.
+``latency_aware`` keeps the MACs target but ranks by importance lost per second saved on the
+backend's per-layer latency tables (below): at equal MACs, the channels that cost time.
 
 With ``target_latency`` the same search runs on a latency cost model instead of MACs
 (``graphopt.pruning.latency``): every conv's and linear's latency alone, at a grid of kept
@@ -99,6 +101,7 @@ from graphopt.pruning.latency import LatencyCostModel
 from graphopt.pruning.multiples import fast_multiple
 from graphopt.pruning.plan import PruningPlan
 from graphopt.pruning.policy import (
+    LATENCY_AWARE,
     SELECTIONS,
     CostModel,
     schedule,
@@ -184,6 +187,11 @@ class PruneChannels(Pass):
                     f"latency to keep); got ratio={self.ratio!r}, target_macs="
                     f"{self.target_macs!r}, target_latency={self.target_latency!r}"
                 )
+            if self.selection == LATENCY_AWARE and self.target_macs is None:
+                raise ValueError(
+                    "selection latency_aware ranks by latency and stops at target_macs: give "
+                    "target_macs (with target_latency, latency is already the cost)"
+                )
             return self
 
     @property
@@ -194,6 +202,8 @@ class PruneChannels(Pass):
     def requires(self, gm: GraphModule, ctx: PassContext) -> None:
         if self.target_latency is not None:
             ctx.require(self.name, "layer_latency", purpose="target_latency")
+        if self.selection == LATENCY_AWARE:
+            ctx.require(self.name, "layer_latency", purpose="selection: latency_aware")
         if self.round_to == "auto":
             ctx.require(self.name, "layer_latency", purpose="round_to: auto")
         if self.data_aware:
@@ -266,7 +276,7 @@ class PruneChannels(Pass):
             )
         cost = (
             LatencyCostModel(gm, groups, ctx.layer_latency)
-            if self.target_latency is not None
+            if self.target_latency is not None or self.selection == LATENCY_AWARE
             else CostModel(gm, groups)
         )
         if state is None:
@@ -347,7 +357,10 @@ class PruneChannels(Pass):
             return removals, ratio
         goal = self.target_macs if self.target_macs is not None else self.target_latency
         kept = 1.0 - (1.0 - goal) * share
-        relative = min(1.0, kept * state.cost_original / max(cost.original, 1e-12))
+        if self.selection == LATENCY_AWARE:  # a latency cost model, a MACs target
+            relative = min(1.0, kept * state.macs / max(cost.original_macs, 1e-12))
+        else:
+            relative = min(1.0, kept * state.cost_original / max(cost.original, 1e-12))
         removals, reached = select_for_macs(
             groups,
             scores,
@@ -362,12 +375,17 @@ class PruneChannels(Pass):
             at_step = f" (step {step} of {self.steps} aims at {kept:.3g})" if self.steps > 1 else ""
             what = "target_macs" if self.target_macs is not None else "target_latency"
             unit = "MACs" if self.target_macs is not None else "predicted latency"
+            left = (
+                _macs_of(cost) / max(state.macs, 1e-30)
+                if self.target_macs is not None
+                else cost.total / max(state.cost_original, 1e-30)
+            )
             raise PassError(
                 self.name,
                 f"{what}={goal} cannot be reached{at_step}: pruning every "
                 f"group as far as round_to={round_to} and min_channels="
                 f"{self.min_channels} allow keeps "
-                f"{cost.total / max(state.cost_original, 1e-30):.1%} of the "
+                f"{left:.1%} of the "
                 f"{unit}; {len(frozen)} of {len(groups)} groups are frozen{example}. Raise "
                 f"{what}, lower round_to/min_channels, or ignore fewer layers",
             )

@@ -32,6 +32,13 @@ How many, per group of ``n`` units:
     channel decide alone and the groups many convs share (residual streams, bottlenecks) go
     down to ``round_to`` first: fewer MACs, but measured slower on ONNX Runtime than
     ``importance`` at equal MACs (``benchmarks/RESULTS.md``).
+  - ``latency_aware``: the lowest importance lost per second of predicted latency saved, on
+    a latency cost model (``graphopt.pruning.latency``: per-layer tables measured on the
+    backend), while the search still stops at ``t`` × the original MACs. At equal MACs this
+    takes the channels whose removal the backend turns into time: a memory-bound depthwise
+    conv, a layer at full resolution, a count that drops to a faster kernel block. The same
+    lazy greedy as ``cost_aware``; a step whose predicted saving is not positive (a table
+    plateau) ranks after every step that saves time, so the MACs target stays reachable.
 
 MACs are predicted without rewriting the graph: a conv or linear costs
 ``macs₀ · (kept out / out) · (kept in / in)``, a grouped conv ``macs₀ · kept out / out`` (its
@@ -55,6 +62,7 @@ from graphopt.analysis import analyze
 from graphopt.pruning.groups import PruningGroup
 
 __all__ = [
+    "LATENCY_AWARE",
     "SELECTIONS",
     "CostModel",
     "removal_order",
@@ -66,7 +74,8 @@ __all__ = [
 ]
 
 _SCALING_ROLES = ("out", "in", "heads")
-SELECTIONS = ("importance", "cost_aware")
+SELECTIONS = ("importance", "cost_aware", "latency_aware")
+LATENCY_AWARE = "latency_aware"
 
 
 class CostModel:
@@ -204,16 +213,25 @@ def select_for_macs(
     min_channels: int = 1,
     selection: str = "importance",
 ) -> tuple[dict[str, tuple[int, ...]], bool]:
-    """Greedy global removal until MACs ≤ ``target`` × original; (plan, target reached).
+    """Greedy global removal until the cost ≤ ``target`` × original; (plan, target reached).
 
     ``selection`` ranks the steps (see the module docstring): ``importance`` by the mean
-    normalised score of their units, ``cost_aware`` by normalised importance lost per MAC
-    saved. ``cost`` is left predicting the MACs after the plan.
+    normalised score of their units, ``cost_aware`` by normalised importance lost per unit of
+    cost saved, ``latency_aware`` by importance lost per second saved on a latency ``cost``
+    (one with ``predicted_macs``) and ``target`` a share of the MACs. ``cost`` is left
+    predicting the cost after the plan.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
-    aware = selection == "cost_aware"
-    goal = target * cost.original
+    by_macs = selection == LATENCY_AWARE
+    if by_macs and not hasattr(cost, "predicted_macs"):
+        raise ValueError("selection latency_aware needs a latency cost model (LatencyCostModel)")
+    aware = selection in ("cost_aware", LATENCY_AWARE)
+    goal = target * (cost.original_macs if by_macs else cost.original)
+
+    def remaining() -> float:
+        return cost.predicted_macs() if by_macs else cost.total
+
     search = {
         g.id: _Search.of(g, scores[g.id], k, round_to, min_channels) for k, g in enumerate(groups)
     }
@@ -225,11 +243,13 @@ def select_for_macs(
         if not aware:
             return sum(lost) / len(lost)
         saved = cost.saving(s.gid, s.next_units())
-        return sum(lost) / saved if saved > 0 else None
+        if saved > 0:
+            return sum(lost) / saved
+        return math.inf if by_macs else None  # a plateau of the tables: last, not never
 
     heap = [(k, s.rank, s.gid) for s in search.values() if (k := key(s)) is not None]
     heapq.heapify(heap)
-    while cost.total > goal and heap:
+    while remaining() > goal and heap:
         _, rank, gid = heapq.heappop(heap)
         s = search[gid]
         if aware:  # other groups' steps may have shrunk this one's saving since it was pushed
@@ -244,7 +264,7 @@ def select_for_macs(
         if (k := key(s)) is not None:
             heapq.heappush(heap, (k, s.rank, s.gid))
     plan = {gid: s.removed() for gid, s in search.items() if s.done}
-    return plan, cost.total <= goal
+    return plan, remaining() <= goal
 
 
 @dataclass

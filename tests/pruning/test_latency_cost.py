@@ -235,3 +235,59 @@ def test_compress_prunes_by_latency_on_onnxruntime(tmp_path, monkeypatch, net) -
     # above check that the target is met exactly
     assert stats["latency_after_ms"] < stats["latency_before_ms"]
     assert (tmp_path / "graphopt" / "layer_latency").is_dir()
+
+
+def test_latency_aware_selection_meets_the_macs_target_and_cuts_the_slow_layer(net) -> None:
+    """``selection: latency_aware`` stops at the MACs target like the others but ranks by
+    latency saved: with the depthwise conv 50× slower per MAC (memory-bound), it cuts the stem
+    group (which the depthwise conv belongs to) further than ``importance`` at equal MACs,
+    and the layers' predicted latency ends lower."""
+
+    class SlowDepthwise(Measure):
+        def __call__(self, specs):
+            seconds = super().__call__(specs)
+            return [t * 50 if s.depthwise else t for s, t in zip(specs, seconds, strict=True)]
+
+    from graphopt.analysis import analyze
+    from graphopt.ir import settle
+
+    model, inputs = net
+    kept, stats = {}, {}
+    for selection in ("importance", "latency_aware"):
+        gm = trace(model, inputs)
+        ctx = _context(inputs, SlowDepthwise())
+        result = get_pass("prune", target_macs=0.6, round_to=8, selection=selection).run(gm, ctx)
+        settle(gm, inputs, who="test")
+        stats[selection] = result.stats
+        assert result.stats["macs_after"] == analyze(gm).macs
+        assert result.stats["macs_after"] <= 0.6 * result.stats["macs_before"]
+        kept[selection] = gm.get_parameter("dw.weight").shape[0]
+    assert kept["latency_aware"] < kept["importance"]
+    assert stats["latency_aware"]["cost"] == "latency"
+
+
+def test_latency_aware_selection_needs_tables_and_a_macs_target(net) -> None:
+    model, inputs = net
+    gm = trace(model, inputs)
+    with pytest.raises(PassError, match="needs ctx.layer_latency for selection: latency_aware"):
+        get_pass("prune", target_macs=0.5, selection="latency_aware").run(gm, _context(inputs))
+    with pytest.raises(ValueError, match="latency_aware ranks by latency and stops at target_macs"):
+        get_pass("prune", target_latency=0.5, selection="latency_aware")
+
+
+def test_latency_aware_takes_steps_on_a_plateau_last_but_takes_them() -> None:
+    """Tables that save nothing for some removals (a kernel block's plateau) still let the
+    search reach the MACs target: those steps rank last instead of never."""
+    from graphopt.pruning.policy import select_for_macs
+
+    model = Net().eval()
+    inputs = (torch.randn(2, 3, 16, 16),)
+    gm = trace(model, inputs)
+    groups = build_groups(build_channel_graph(gm))
+    flat = LatencyCostModel(gm, groups, lambda specs: [1e-3 for _ in specs])  # nothing saves
+    scores = {g.id: torch.rand(g.num_units) for g in groups}
+    plan, reached = select_for_macs(
+        groups, scores, flat, 0.5, round_to=8, selection="latency_aware"
+    )
+    assert reached and plan
+    assert flat.predicted_macs() <= 0.5 * flat.original_macs
