@@ -14,6 +14,13 @@ ORT_ENABLE_ALL, 1 intra-op thread, spinning off, sequential):
   the ``PassContext``, compiled by graphopt's ORT backend. The pass manager runs twice — fold +
   prune, then quantize — so that the MACs of the pruned fp32 graph can be counted between
   them; the tool time is the sum of both runs (capture and export excluded).
+- **graphopt prune … latency_aware + quantize**: the same at the same MACs target with
+  ``selection: latency_aware`` (one row per ``--latency-aware``): removals ranked by
+  importance lost per second saved on per-layer ONNX Runtime latency tables
+  (``OrtLayerLatency``, cached per machine), stopping at the MACs target; the tables are of
+  int8 QDQ layers (``latency_precision: int8``, QLinearConv) where the model is quantized
+  static int8 next, of fp32 layers for the dynamic scheme (its activations are quantized at
+  run time, the fp32 tables' shape of cost is the closer one).
 - **Torch-Pruning** (DepGraph): global ranking, ``GroupMagnitudeImportance(p=2)``, the
   classifier ignored, the pruning ratio bisected to the MACs target
   (``benchmarks/pruning.py``'s ``_tp_for_macs``; the search is not counted, only one pruning
@@ -137,6 +144,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="graphopt prune importances at the MACs target, one row each",
     )
     parser.add_argument(
+        "--latency-aware",
+        default="l2,reconstruction",
+        type=P._csv,
+        help="graphopt prune importances at the MACs target with selection latency_aware "
+        "(per-layer ORT tables), one row each; '' for none",
+    )
+    parser.add_argument(
         "--latency-importance",
         default="l2",
         help="graphopt prune importance of the equal-latency row",
@@ -235,6 +249,16 @@ def _bench_model(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str,
                 target_macs=args.target_macs, importance=i,
             ),
         )  # fmt: skip
+    precision = "int8" if scheme == "int8" else "fp32"  # tables of the layers as deployed
+    for importance in args.latency_aware:
+        add(
+            f"graphopt prune {importance} latency_aware ({precision} tables) + quantize {scheme}",
+            lambda i=importance: _pipeline(
+                gm, inputs, calibration, args, folder / f"graphopt_{i}_latency_aware.onnx",
+                scheme, layer_latency=_tables(), target_macs=args.target_macs, importance=i,
+                selection="latency_aware", latency_precision=precision,
+            ),
+        )  # fmt: skip
 
     say(f"{name}: Torch-Pruning, searching the ratio")
     try:
@@ -297,9 +321,7 @@ def _bench_model(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str,
     if FP32 in sessions and TP_FP32 in sessions:
         ratio, per_round = _latency_ratio(sessions[FP32], sessions[TP_FP32], inputs, args)
         say(f"{name}: Torch-Pruning fp32 / original fp32 latency {ratio:.3f} ({per_round})")
-        from graphopt.backends.layer_latency import OrtLayerLatency
-
-        tables = OrtLayerLatency(intra_op_threads=1)
+        tables = _tables()
         target = min(ratio, 1.0)
         add(
             f"graphopt @ Torch-Pruning latency + quantize {scheme}",
@@ -337,6 +359,13 @@ def _bench_model(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str,
     sessions.clear()
     work.cleanup()
     return list(rows.values())
+
+
+def _tables() -> Any:
+    """Per-layer ORT latency at the benchmark's session settings (cached on disk)."""
+    from graphopt.backends.layer_latency import OrtLayerLatency
+
+    return OrtLayerLatency(intra_op_threads=1)
 
 
 def _pipeline(

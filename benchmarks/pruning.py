@@ -14,7 +14,9 @@ Two parts.
    both tools read it as "every pruned layer keeps a multiple of 16 channels"). graphopt:
    ``PruneChannels(target_macs=0.5, importance="l2", round_to=16, selection=...)``, a global
    greedy search over groups, once per ``--selection``: ``importance`` (steps ranked by
-   normalised importance) and ``cost_aware`` (by normalised importance lost per MAC saved).
+   normalised importance), ``cost_aware`` (by normalised importance lost per MAC saved) and
+   ``latency_aware`` (by importance lost per second saved on per-layer ONNX Runtime latency
+   tables, ``OrtLayerLatency``, cached per machine; still stopping at the MACs target).
    Torch-Pruning has no MACs target: its pruning ratio is searched by bisection until the MACs
    are at or just below 50 %, for local (uniform per-layer ratio, its default) and global
    ranking, with ``GroupMagnitudeImportance(p=2)`` (group L2, mean normalisation, like
@@ -126,9 +128,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--round-to", type=int, default=16)
     parser.add_argument(
         "--selection",
-        default="importance,cost_aware",
+        default="importance,cost_aware,latency_aware",
         type=_csv,
-        help="graphopt's target_macs rankings to run (PruneChannels(selection=...))",
+        help="graphopt's target_macs rankings to run (PruneChannels(selection=...); "
+        "latency_aware reads per-layer ORT tables)",
     )
     parser.add_argument(
         "--latency-targets",
@@ -264,7 +267,7 @@ def _graphopt_timed(
     key = "target_latency" if latency else "target_macs"
     options = {key: target, "round_to": args.round_to, "selection": selection}
     measure = None
-    if latency:
+    if latency or selection == "latency_aware":  # both read the per-layer ORT tables
         from graphopt.backends.layer_latency import OrtLayerLatency
 
         measure = OrtLayerLatency(intra_op_threads=args.threads)

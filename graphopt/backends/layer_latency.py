@@ -9,7 +9,13 @@ well under a minute and then read from the cache.
 Each variant runs in its own session with the backend's settings (intra-op threads, graph
 optimisation level, no spinning), random float32 weights and inputs: ``warmup`` runs, then
 the median of ``runs``. A linear is a ``Gemm`` on a 2-d input, else ``MatMul`` + ``Add`` (the
-forms the exporter emits, which ORT fuses the same way).
+forms the exporter emits, which ORT fuses the same way). A spec of ``precision`` int8 is the
+layer as ``quantize`` (static int8, U8S8) leaves it: a uint8 input, ``DequantizeLinear`` of it
+and of the per-channel int8 weight (int32 bias), the layer, ``QuantizeLinear`` of the output —
+the QDQ unit that ORT fuses into ``QLinearConv`` / ``QGemm``, fed uint8. Alone, ORT runs an
+int8 conv in NHWC between two ``Transpose`` nodes, which a whole int8 model has only at its
+ends; they are timed with the layer (memory traffic of its input and output, which a
+channel removal saves too).
 
 The cache: one JSON file per machine and runtime under
 ``$XDG_CACHE_HOME/graphopt/layer_latency/``, named by a hash of the CPU model, core count,
@@ -83,10 +89,16 @@ class OrtLayerLatency:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        rng = np.random.default_rng(0)
+        if spec.precision == "int8":
+            x = rng.integers(0, 256, spec.input_shape, dtype=np.uint8)
+            model = _int8_model(spec)
+        else:
+            x = rng.standard_normal(spec.input_shape, dtype=np.float32)
+            model = _model(spec)
         session = ort.InferenceSession(
-            _model(spec).SerializeToString(), options, providers=["CPUExecutionProvider"]
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        x = np.random.default_rng(0).standard_normal(spec.input_shape, dtype=np.float32)
         feed = {"x": x}
         for _ in range(self.warmup):
             session.run(None, feed)
@@ -189,6 +201,68 @@ def _model(spec: LayerSpec) -> Any:
         "layer",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(spec.input_shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _int8_model(spec: LayerSpec) -> Any:
+    """The layer as a QDQ unit on a uint8 input ``x`` (opset 18): what ORT runs as
+    ``QLinearConv`` (or ``QLinearMatMul``) in a model that ``quantize`` made int8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    cin, cout = spec.in_channels, spec.out_channels
+    conv = spec.kind == "conv"
+    wshape = (cout, cin // spec.groups, *spec.kernel) if conv else (cin, cout)
+    weight = rng.integers(-127, 128, wshape, dtype=np.int8)
+    scales = np.full(cout, 0.01, np.float32) if conv else np.float32(0.01)
+    zeros = np.zeros(cout, np.int8) if conv else np.int8(0)
+    inits = [
+        numpy_helper.from_array(np.float32(0.05), "sx"),
+        numpy_helper.from_array(np.uint8(128), "zx"),
+        numpy_helper.from_array(weight, "wq"),
+        numpy_helper.from_array(np.asarray(scales), "sw"),
+        numpy_helper.from_array(np.asarray(zeros), "zw"),
+        numpy_helper.from_array(np.float32(0.1), "sy"),
+        numpy_helper.from_array(np.uint8(128), "zy"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "sx", "zx"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wf"], axis=0),
+    ]
+    if conv:
+        inputs = ["xf", "wf"]
+        if spec.bias:
+            inits += [
+                numpy_helper.from_array(np.zeros(cout, np.int32), "bq"),
+                numpy_helper.from_array(np.full(cout, 0.05 * 0.01, np.float32), "sb"),
+            ]
+            nodes.append(helper.make_node("DequantizeLinear", ["bq", "sb"], ["bf"], axis=0))
+            inputs.append("bf")
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                inputs,
+                ["yf"],
+                kernel_shape=list(spec.kernel),
+                strides=list(spec.stride),
+                pads=list(spec.padding) * 2,
+                dilations=list(spec.dilation),
+                group=spec.groups,
+            )
+        )
+    else:  # the bias Add stays float after the int8 product, as the exporter's MatMul + Add
+        nodes.append(helper.make_node("MatMul", ["xf", "wf"], ["mf" if spec.bias else "yf"]))
+        if spec.bias:
+            inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
+            nodes.append(helper.make_node("Add", ["mf", "b"], ["yf"]))
+    nodes.append(helper.make_node("QuantizeLinear", ["yf", "sy", "zy"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(spec.input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
         initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])

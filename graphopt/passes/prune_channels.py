@@ -23,6 +23,8 @@ memory-bound layers (depthwise convs on the expansions) as they were, so the mod
 slower at equal MACs. ``cost_aware`` is for when MACs themselves are the budget.
 ``latency_aware`` keeps the MACs target but ranks by importance lost per second saved on the
 backend's per-layer latency tables (below): at equal MACs, the channels that cost time.
+``latency_precision: int8`` measures those tables on int8 QDQ layers (QLinearConv on ORT),
+for a model that ``quantize`` makes int8 next.
 
 With ``target_latency`` the same search runs on a latency cost model instead of MACs
 (``graphopt.pruning.latency``): every conv's and linear's latency alone, at a grid of kept
@@ -164,6 +166,11 @@ class PruneChannels(Pass):
         selection: Literal[tuple(SELECTIONS)] = Field(
             "importance", description="how target_macs ranks removals"
         )
+        latency_precision: Literal["fp32", "int8"] = Field(
+            "fp32",
+            description="layer tables as fp32 or int8 QDQ layers (int8: for a model quantized "
+            "next)",
+        )
         refit: bool = Field(
             False, description="least-squares re-fit of the layers reading pruned channels"
         )
@@ -275,7 +282,7 @@ class PruneChannels(Pass):
                 gm, groups, self.importance, self.aggregate, example_inputs=ctx.example_inputs
             )
         cost = (
-            LatencyCostModel(gm, groups, ctx.layer_latency)
+            LatencyCostModel(gm, groups, ctx.layer_latency, precision=self.latency_precision)
             if self.target_latency is not None or self.selection == LATENCY_AWARE
             else CostModel(gm, groups)
         )

@@ -17,6 +17,11 @@ whose inputs and outputs are the same channels, has a 1-D table. Layers with MAC
 measurable form here (attention, a matmul of two activations) cost their MACs times the
 median seconds-per-MAC of the measured layers, so the search still sees them.
 
+A model that is quantized after pruning runs other kernels (QLinearConv on ORT), whose cost
+per channel differs from float's: ``prune: {latency_precision: int8}`` asks for the tables of
+the layers as int8 QDQ layers (``LayerSpec.precision``), so the channels removed are the ones
+that save time in the deployed int8 model.
+
 Measuring is the backend's (``PassContext.layer_latency``: ``specs -> seconds``, e.g.
 ``graphopt.backends.layer_latency``), which also caches; here ``LayerSpec`` only describes a
 layer and the table only interpolates. Equal specs (repeated blocks) are measured once.
@@ -64,6 +69,7 @@ class LayerSpec:
     dilation: tuple[int, ...] = ()
     groups: int = 1
     bias: bool = True
+    precision: str = "fp32"  # "int8": as a QDQ layer that the backend runs on int8 kernels
 
     @property
     def in_channels(self) -> int:
@@ -86,6 +92,8 @@ class LayerSpec:
         for values in (self.kernel, self.stride, self.padding, self.dilation):
             parts.append("x".join(map(str, values)) or "-")
         parts += [f"g{self.groups}", "b" if self.bias else "nb"]
+        if self.precision != "fp32":  # fp32 keys stay as they were: cached tables still read
+            parts.append(self.precision)
         return ",".join(parts)
 
 
@@ -193,12 +201,17 @@ class LatencyCostModel(CostModel):
     predicted latency of the model's conv, linear and other MAC-carrying layers."""
 
     def __init__(
-        self, gm: GraphModule, groups: Sequence[PruningGroup], measure: LayerLatency
+        self,
+        gm: GraphModule,
+        groups: Sequence[PruningGroup],
+        measure: LayerLatency,
+        precision: str = "fp32",
     ) -> None:
         super().__init__(gm, groups)
         nodes = {n.name: n for n in gm.graph.nodes}
         self.macs = dict(self.base)
         specs = {name: layer_spec(gm, nodes[name]) for name in self.base}
+        specs = {k: v and replace(v, precision=precision) for k, v in specs.items()}
         self.tables, self.specs = self._measure(
             {k: v for k, v in specs.items() if v is not None}, measure
         )

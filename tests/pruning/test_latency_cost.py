@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -269,7 +270,7 @@ def test_latency_aware_selection_meets_the_macs_target_and_cuts_the_slow_layer(n
 def test_latency_aware_selection_needs_tables_and_a_macs_target(net) -> None:
     model, inputs = net
     gm = trace(model, inputs)
-    with pytest.raises(PassError, match="needs ctx.layer_latency for selection: latency_aware"):
+    with pytest.raises(PassError, match=r"needs ctx.layer_latency for selection: latency_aware"):
         get_pass("prune", target_macs=0.5, selection="latency_aware").run(gm, _context(inputs))
     with pytest.raises(ValueError, match="latency_aware ranks by latency and stops at target_macs"):
         get_pass("prune", target_latency=0.5, selection="latency_aware")
@@ -291,3 +292,41 @@ def test_latency_aware_takes_steps_on_a_plateau_last_but_takes_them() -> None:
     )
     assert reached and plan
     assert flat.predicted_macs() <= 0.5 * flat.original_macs
+
+
+def test_latency_precision_reaches_the_measured_specs(net) -> None:
+    model, inputs = net
+    gm = trace(model, inputs)
+    measure = Measure()
+    get_pass(
+        "prune", target_macs=0.6, round_to=8, selection="latency_aware", latency_precision="int8"
+    ).run(gm, _context(inputs, measure))
+    assert measure.specs and {s.precision for s in measure.specs} == {"int8"}
+    spec = measure.specs[0]
+    assert spec.key().endswith(",int8")
+    assert replace(spec, precision="fp32").key() == spec.key().removesuffix(",int8")
+
+
+def test_onnxruntime_measures_int8_layers_as_qlinear_kernels(tmp_path) -> None:
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    from graphopt.backends.layer_latency import OrtLayerLatency, _int8_model
+
+    specs = [
+        LayerSpec("conv", (1, 16, 8, 8), 32, (3, 3), (1, 1), (1, 1), (1, 1), precision="int8"),
+        LayerSpec("conv", (1, 16, 8, 8), 16, (3, 3), (1, 1), (1, 1), (1, 1), 16, True, "int8"),
+        LayerSpec("linear", (1, 64), 10, precision="int8"),
+    ]
+    for spec, kernel in zip(specs, ("QLinearConv", "QLinearConv", "QGemm"), strict=True):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "o.onnx")
+        options.log_severity_level = 3
+        model = _int8_model(spec).SerializeToString()
+        ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "o.onnx")).graph.node)
+        assert ops[kernel] == 1 and "Conv" not in ops and "MatMul" not in ops
+    seconds = OrtLayerLatency(intra_op_threads=1, cache=False, runs=3)(specs)
+    assert all(s > 0 and math.isfinite(s) for s in seconds)
