@@ -171,18 +171,7 @@ def _model(spec: LayerSpec) -> Any:
         if spec.bias:
             inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
             inputs.append("b")
-        nodes.append(
-            helper.make_node(
-                "Conv",
-                inputs,
-                ["y"],
-                kernel_shape=list(spec.kernel),
-                strides=list(spec.stride),
-                pads=list(spec.padding) * 2,
-                dilations=list(spec.dilation),
-                group=spec.groups,
-            )
-        )
+        nodes.append(_conv_node(spec, inputs, "y"))
     else:
         weight = rng.standard_normal((cin, cout), dtype=np.float32)
         inits.append(numpy_helper.from_array(weight, "w"))
@@ -196,11 +185,34 @@ def _model(spec: LayerSpec) -> Any:
                 nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
         if spec.bias:
             inits.append(numpy_helper.from_array(bias, "b"))
+    return _one_layer_model(spec, nodes, inits, TensorProto.FLOAT)
+
+
+def _conv_node(spec: LayerSpec, inputs: list[str], output: str) -> Any:
+    """The spec's ``Conv`` node (float, or between QDQ pairs in the int8 model)."""
+    from onnx import helper
+
+    return helper.make_node(
+        "Conv",
+        inputs,
+        [output],
+        kernel_shape=list(spec.kernel),
+        strides=list(spec.stride),
+        pads=list(spec.padding) * 2,
+        dilations=list(spec.dilation),
+        group=spec.groups,
+    )
+
+
+def _one_layer_model(spec: LayerSpec, nodes: list[Any], inits: list[Any], elem_type: int) -> Any:
+    """An opset-18 model of ``nodes`` from input ``x`` to output ``y``, both ``elem_type``."""
+    from onnx import helper
+
     graph = helper.make_graph(
         nodes,
         "layer",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(spec.input_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("x", elem_type, list(spec.input_shape))],
+        [helper.make_tensor_value_info("y", elem_type, None)],
         initializer=inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -240,29 +252,11 @@ def _int8_model(spec: LayerSpec) -> Any:
             ]
             nodes.append(helper.make_node("DequantizeLinear", ["bq", "sb"], ["bf"], axis=0))
             inputs.append("bf")
-        nodes.append(
-            helper.make_node(
-                "Conv",
-                inputs,
-                ["yf"],
-                kernel_shape=list(spec.kernel),
-                strides=list(spec.stride),
-                pads=list(spec.padding) * 2,
-                dilations=list(spec.dilation),
-                group=spec.groups,
-            )
-        )
+        nodes.append(_conv_node(spec, inputs, "yf"))
     else:  # the bias Add stays float after the int8 product, as the exporter's MatMul + Add
         nodes.append(helper.make_node("MatMul", ["xf", "wf"], ["mf" if spec.bias else "yf"]))
         if spec.bias:
             inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "b"))
             nodes.append(helper.make_node("Add", ["mf", "b"], ["yf"]))
     nodes.append(helper.make_node("QuantizeLinear", ["yf", "sy", "zy"], ["y"]))
-    graph = helper.make_graph(
-        nodes,
-        "layer",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(spec.input_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
-        initializer=inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return _one_layer_model(spec, nodes, inits, TensorProto.UINT8)
