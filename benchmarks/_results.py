@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def write_section(section: str, heading: str, path: Path) -> None:
@@ -26,9 +28,38 @@ def say(message: str) -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message``: how a table cell names an error."""
+    """``Type: first line of the message`` (240 characters at most): how a table cell names an
+    error."""
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text.splitlines()[0][:240]}" if text else type(exc).__name__
+
+
+class ToolRuns:
+    """One model's tools under comparison: each tool's session and its table row, in the order
+    added. A tool that fails is a row with its error and no session (a result, not a crash),
+    so the others are still timed against each other."""
+
+    def __init__(self, model: str, *, model_column: bool = True) -> None:
+        self.model = model
+        self.model_column = model_column
+        self.sessions: dict[str, Any] = {}
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def add(self, tool: str, make: Callable[[], tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+        """Build ``tool`` with ``make() -> (session, facts)``; return its row."""
+        say(f"{self.model}: {tool}")
+        row: dict[str, Any] = {"model": self.model} if self.model_column else {}
+        row["tool"] = tool
+        try:
+            session, facts = make()
+        except Exception as exc:  # a tool that fails is a result, not a crash
+            row["error"] = one_line(exc)
+            say(f"{self.model}: {tool} failed: {row['error']}")
+        else:
+            self.sessions[tool] = session
+            row.update(facts)
+        self.rows[tool] = row
+        return row
 
 
 def load_average() -> str:

@@ -55,8 +55,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
-from quantization import _file_bytes, _machine, _one_line, _ort_session, _pt2e
+from _results import ToolRuns, write_section  # benchmarks/ is sys.path[0] as a script
+from _results import say as _say
+from quantization import _file_bytes, _machine, _ort_session, _pt2e
 
 from graphopt.backends import get_backend
 from graphopt.backends.base import measure_interleaved
@@ -108,21 +109,8 @@ def _bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     work = tempfile.TemporaryDirectory(prefix="int8-transformer-")
     folder = Path(work.name)
     gm = trace(model, inputs)
-    sessions: dict[str, Any] = {}
-    rows: dict[str, dict[str, Any]] = {}
-
-    def add(tool: str, make) -> None:
-        _say(f"minilm: {tool}")
-        row: dict[str, Any] = {"tool": tool}
-        try:
-            session, facts = make()
-        except Exception as exc:  # a tool that fails is a result, not a crash
-            row["error"] = _one_line(exc)
-            _say(f"minilm: {tool} failed: {row['error']}")
-        else:
-            sessions[tool] = session
-            row.update(facts)
-        rows[tool] = row
+    runs = ToolRuns("minilm", model_column=False)
+    sessions, rows, add = runs.sessions, runs.rows, runs.add
 
     fp32_path = folder / "fp32.onnx"
     add("fp32", lambda: _session(gm, {}, 0.0, inputs, fp32_path, 18))
@@ -416,10 +404,6 @@ def _verdict(rows: list[dict[str, Any]]) -> list[str]:
         ]
         lines.append(f"- **{ours_name}** vs {theirs_name}: " + "; ".join(checks) + ".")
     return ["Aims (issue 15, item 2):", "", *lines] if lines else []
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

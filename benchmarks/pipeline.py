@@ -90,7 +90,7 @@ import int8_transformer as IT  # benchmarks/ is sys.path[0] when run as a script
 import pruning as P
 import quantization as Q
 import torch
-from _results import load_average, one_line, say, versions_text, write_section
+from _results import ToolRuns, load_average, one_line, say, versions_text, write_section
 from torch import nn
 
 from graphopt.analysis import analyze
@@ -221,22 +221,13 @@ def _bench_model(name: str, args: argparse.Namespace, tp: Any) -> list[dict[str,
     folder = Path(work.name)
     gm = trace(model, inputs)
     base_macs = analyze(gm).macs
-    sessions: dict[str, Any] = {}
-    rows: dict[str, dict[str, Any]] = {}
+    runs = ToolRuns(name)
+    sessions, rows = runs.sessions, runs.rows
 
     def add(tool: str, make: Callable[[], tuple[Any, dict[str, Any]]]) -> None:
-        say(f"{name}: {tool}")
-        row: dict[str, Any] = {"model": name, "tool": tool}
-        try:
-            session, facts = make()
-        except Exception as exc:  # a tool that fails is a result, not a crash
-            row["error"] = one_line(exc)[:240]
-            say(f"{name}: {tool} failed: {row['error']}")
-        else:
-            sessions[tool] = session
-            row.update(facts)
+        row = runs.add(tool, make)
+        if "error" not in row:
             row["macs_pct"] = row.get("macs", base_macs) / base_macs
-        rows[tool] = row
 
     scheme = "int8" if cnn else "dynamic"
     fp32_path = folder / "fp32.onnx"

@@ -74,7 +74,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import ToolRuns, write_section  # benchmarks/ is sys.path[0] as a script
+from _results import say as _say
 from torch import nn
 
 from graphopt.backends import get_backend
@@ -173,21 +174,8 @@ def _bench_model(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     work = tempfile.TemporaryDirectory(prefix=f"quant-bench-{name}-")
     folder = Path(work.name)
     gm = trace(model, inputs)
-    sessions: dict[str, Any] = {}
-    rows: dict[str, dict[str, Any]] = {}
-
-    def add(tool: str, make) -> None:
-        _say(f"{name}: {tool}")
-        row = {"model": name, "tool": tool}
-        try:
-            session, facts = make()
-        except Exception as exc:  # a tool that fails is a result, not a crash
-            row["error"] = _one_line(exc)
-            _say(f"{name}: {tool} failed: {row['error']}")
-        else:
-            sessions[tool] = session
-            row.update(facts)
-        rows[tool] = row
+    runs = ToolRuns(name)
+    sessions, rows, add = runs.sessions, runs.rows, runs.add
 
     fp32_path = folder / "fp32.onnx"
     add("fp32", lambda: _graphopt_session(gm, inputs, fp32_path, None, {}))
@@ -653,15 +641,6 @@ def _machine() -> str:
         f"load average at the end {load}; {platform.system()} {platform.machine()}, Python "
         f"{platform.python_version()}; {versions}"
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-    return f"{type(exc).__name__}: {text[:240]}" if text else type(exc).__name__
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
