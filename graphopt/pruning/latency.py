@@ -229,14 +229,21 @@ class LatencyCostModel(CostModel):
 
     def predicted_macs(self) -> float:
         """The MACs after the removals so far (the MACs cost model's formula)."""
-        total = 0.0
-        for node, macs in self.macs.items():
-            for role in ("out", "in", "heads"):
-                key = (node, role)
-                if key in self.size:
-                    macs *= 1.0 - self.removed[key] / self.size[key]
-            total += macs
-        return total
+        return sum(self._node_macs(node, {}) for node in self.macs)
+
+    def macs_saving(self, group_id: str, units: Sequence[int]) -> float:
+        """The MACs (not seconds: that is ``saving``) removing ``units`` would save now."""
+        extra = self._positions(group_id, units)
+        nodes = {key[0] for key in extra}
+        return sum(self._node_macs(n, {}) - self._node_macs(n, extra) for n in nodes)
+
+    def _node_macs(self, node: str, extra: Mapping[tuple[str, str], int]) -> float:
+        macs = float(self.macs[node])
+        for role in ("out", "in", "heads"):
+            key = (node, role)
+            if key in self.size:
+                macs *= 1.0 - (self.removed[key] + extra.get(key, 0)) / self.size[key]
+        return macs
 
     def _full(self, node: str) -> tuple[int, int]:
         spec = self.specs[node]

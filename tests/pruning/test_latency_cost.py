@@ -257,11 +257,13 @@ def test_latency_aware_selection_meets_the_macs_target_and_cuts_the_slow_layer(n
     for selection in ("importance", "latency_aware"):
         gm = trace(model, inputs)
         ctx = _context(inputs, SlowDepthwise())
-        result = get_pass("prune", target_macs=0.6, round_to=8, selection=selection).run(gm, ctx)
+        result = get_pass("prune", target_macs=0.5, round_to=8, selection=selection).run(gm, ctx)
         settle(gm, inputs, who="test")
         stats[selection] = result.stats
         assert result.stats["macs_after"] == analyze(gm).macs
-        assert result.stats["macs_after"] <= 0.6 * result.stats["macs_before"]
+        # 0.25 before steps that overshoot waited for smaller ones (8 channels of this net are
+        # a quarter of its MACs): 0.46 now
+        assert 0.4 <= result.stats["macs_after"] / result.stats["macs_before"] <= 0.5
         kept[selection] = gm.get_parameter("dw.weight").shape[0]
     assert kept["latency_aware"] < kept["importance"]
     assert stats["latency_aware"]["cost"] == "latency"

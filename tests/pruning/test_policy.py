@@ -172,3 +172,47 @@ def test_selection_is_validated() -> None:
     groups = find_groups(gm)
     with pytest.raises(ValueError, match="selection"):
         select_for_macs(groups, _flat(groups), CostModel(gm, groups), 0.5, selection="flops")
+
+
+def test_a_step_that_overshoots_waits_so_the_plan_lands_within_the_tolerance() -> None:
+    """The transformer's residual stream ranked first, with a step so big that taking it
+    lands far below the target: plain greedy takes it and undershoots by most of the step;
+    with the tolerance the smaller steps of the other groups fill the gap instead."""
+    _, gm, _ = zoo_trace("transformer")
+    groups = [g for g in find_groups(gm) if not g.frozen]
+    probe = CostModel(gm, groups)
+    steps = {
+        g.id: probe.saving(g.id, removal_order(g, _flat(groups)[g.id])[:16])
+        for g in groups
+        if g.num_units >= 32
+    }
+    stream = max(steps, key=steps.get)
+    assert steps[stream] > 0.05 * probe.original  # big enough to overshoot a lot
+    scores = _flat(groups)
+    scores[stream] = scores[stream] * 1e-3  # the cheapest step of all
+    target = 1 - 0.5 * steps[stream] / probe.original  # half the stream's step is enough
+    greedy = CostModel(gm, groups)
+    plan, reached = select_for_macs(groups, scores, greedy, target, round_to=16, tolerance=None)
+    assert reached and stream in plan
+    assert greedy.total / greedy.original < target - 0.02
+    fitted = CostModel(gm, groups)
+    plan, reached = select_for_macs(groups, scores, fitted, target, round_to=16)
+    assert reached and stream not in plan
+    assert target - 0.01 <= fitted.total / fitted.original <= target
+
+
+def test_when_only_overshooting_steps_are_left_the_closest_one_goes() -> None:
+    """With no tolerance every step overshoots a target half the smallest step away: the
+    one that lands closest (the smallest) goes, not the first in rank."""
+    _, gm, _ = zoo_trace("resnet18")
+    groups = [g for g in find_groups(gm) if not g.frozen]
+    probe = CostModel(gm, groups)
+    first = {g.id: probe.saving(g.id, removal_order(g, _flat(groups)[g.id])[:16]) for g in groups}
+    smallest = min(first, key=first.get)
+    target = 1 - 0.5 * first[smallest] / probe.original  # every step overshoots
+    cost = CostModel(gm, groups)
+    plan, reached = select_for_macs(groups, _flat(groups), cost, target, round_to=16, tolerance=0.0)
+    assert reached and list(plan) == [smallest] and len(plan[smallest]) == 16
+    assert list(select_for_macs(groups, _flat(groups), CostModel(gm, groups), target)[0]) == [
+        groups[0].id
+    ]  # within the default tolerance, rank decides
