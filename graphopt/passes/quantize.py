@@ -18,6 +18,11 @@
 - ``dynamic_mixed``: as dynamic, with the most sensitive layers kept float until the output
   cosine reaches ``min_cosine``, by the same search as ``mixed``.
 
+``weight_range``: int8 weights over [−127, 127] (``full``) or [−64, 64] (``reduced``, ORT's
+``reduce_range``), which x86 CPUs without VNNI need for exact results: their int8 kernels add
+pairs of products into a saturating int16 (``graphopt.quant.weight_range``). ``auto`` (the
+default) chooses by this machine's CPU; the stats say which range and why.
+
 ``embeddings``: ``int8`` stores every ``aten.embedding`` table as int8 rows with per-row
 scales (the word table is half of a small BERT's file); ``auto`` (the default) does so for the
 dynamic schemes and keeps the static ones' tables float.
@@ -43,6 +48,7 @@ table.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -71,6 +77,7 @@ from graphopt.quant.qat import is_quantized
 from graphopt.quant.qparams import ACTIVATION_DTYPES
 from graphopt.quant.quantizer import Converted, agreement, calibrate, convert, run_batches
 from graphopt.quant.sensitivity import choose_float_layers, layer_sensitivity
+from graphopt.quant.weight_range import WEIGHT_RANGES, resolve_weight_range
 
 __all__ = ["Quantize"]
 
@@ -99,6 +106,11 @@ class Quantize(Pass):
             "int8",
             description="int8, mixed (some float), fp16, dynamic (run-time activation "
             "ranges), dynamic_mixed",
+        )
+        weight_range: Literal[WEIGHT_RANGES] = Field(
+            "auto",
+            description="int8 weights: full [-127, 127], reduced [-64, 64] (x86 without VNNI "
+            "saturates full ones), auto: by this CPU",
         )
         embeddings: Literal[EMBEDDINGS] = Field(
             "auto", description="int8 embedding tables (auto: with the dynamic schemes)"
@@ -157,15 +169,25 @@ class Quantize(Pass):
         )
         qparams = calibration.qparams
         reference = run_batches(gm, probe, known=calibration.reference)
+        weights, qmax, why = resolve_weight_range(self.weight_range)
+        to_int8 = functools.partial(convert, weight_qmax=qmax)
         table = (
-            layer_sensitivity(gm, layers, qparams, probe, reference=reference)
+            layer_sensitivity(gm, layers, qparams, probe, convert_fn=to_int8, reference=reference)
             if self.scheme == "mixed" or self.sensitivity
             else []
         )
-        stats: dict[str, Any] = {"scheme": self.scheme}
+        stats: dict[str, Any] = {"scheme": self.scheme, "weight_range": weights}
+        stats["weight_range_reason"] = why
         if self.scheme == "mixed":
             choice = choose_float_layers(
-                gm, layers, qparams, table, probe, min_cosine=self.min_cosine, reference=reference
+                gm,
+                layers,
+                qparams,
+                table,
+                probe,
+                min_cosine=self.min_cosine,
+                convert_fn=to_int8,
+                reference=reference,
             )
             converted, score = choice.converted, choice.agreement
             for layer in choice.float_layers:
@@ -173,7 +195,7 @@ class Quantize(Pass):
             stats |= {"min_cosine": self.min_cosine, "budget_met": choice.met}
             stats["mixed_evaluations"] = choice.evaluations
         else:
-            converted = convert(gm, layers, qparams)
+            converted = to_int8(gm, layers, qparams)
             score = agreement(reference, run_batches(converted.graph_module, probe))
         tables = self._embeddings(converted.graph_module, refused)
         stats |= {
@@ -209,14 +231,21 @@ class Quantize(Pass):
         refused += [Refusal(node, reason) for node, reason in convs]
         probe = list(take_samples(self._probe_batches(ctx), self.sensitivity_samples))
         reference = run_batches(gm, probe)
+        weights, qmax, why = resolve_weight_range(self.weight_range)
         table = (
             layer_sensitivity(
-                gm, layers, {}, probe, convert_fn=convert_dynamic, reference=reference
+                gm,
+                layers,
+                {},
+                probe,
+                convert_fn=functools.partial(convert_dynamic, weight_qmax=qmax),
+                reference=reference,
             )
             if self.scheme == "dynamic_mixed" or self.sensitivity
             else []
         )
-        stats: dict[str, Any] = {"scheme": self.scheme}
+        stats: dict[str, Any] = {"scheme": self.scheme, "weight_range": weights}
+        stats["weight_range_reason"] = why
         if self.scheme == "dynamic_mixed":
             choice = choose_float_layers(
                 gm,
@@ -258,7 +287,9 @@ class Quantize(Pass):
         self, gm: GraphModule, layers: list, qparams: object = None, **_: object
     ) -> Converted:
         """``convert_dynamic`` and then the int8 tables: a mixed candidate is scored whole."""
-        converted = convert_dynamic(gm, layers)
+        converted = convert_dynamic(
+            gm, layers, weight_qmax=resolve_weight_range(self.weight_range)[1]
+        )
         if self._int8_tables:
             quantize_embeddings(converted.graph_module, self.skip)
         return converted

@@ -137,15 +137,17 @@ def convert_dynamic(
     qparams: object = None,
     *,
     activation_ops: bool = True,
+    weight_qmax: int = WEIGHT_QMAX,
 ) -> Converted:
-    """A copy of ``gm`` with ``layers`` dynamic int8 (the signature of ``quantizer.convert``,
-    so the sensitivity search can use either; ``qparams`` and ``activation_ops`` are unused:
-    the dynamic scheme has no calibrated ranges and quantizes nothing but the layers)."""
+    """A copy of ``gm`` with ``layers`` dynamic int8, weights over [−weight_qmax, weight_qmax]
+    (the signature of ``quantizer.convert``, so the sensitivity search can use either;
+    ``qparams`` and ``activation_ops`` are unused: the dynamic scheme has no calibrated ranges
+    and quantizes nothing but the layers)."""
     del qparams, activation_ops
     with warnings.catch_warnings():  # torch's pytree deprecation noise on deepcopy
         warnings.filterwarnings("ignore", category=FutureWarning)
         out = copy.deepcopy(gm)
-    weights = quantize_weights(out, layers)
+    weights = quantize_weights(out, layers, qmax=weight_qmax)
     nodes = {n.name: n for n in out.graph.nodes}
     quantized: dict[Node, Node] = {}  # one dynamic quantize per input tensor (Q, K, V share x)
     for layer in layers:

@@ -24,7 +24,6 @@ import torch
 from torch.fx import GraphModule, Node
 
 from graphopt.ir import drop_unused_attribute, fresh_attribute_name, get_tensor, set_tensor
-from graphopt.quant.qparams import WEIGHT_QMAX
 from graphopt.quant.rewrite import QUANT_META, QuantOps
 
 __all__ = ["is_quantized", "to_deployable", "to_trainable"]
@@ -92,7 +91,7 @@ def to_deployable(gm: GraphModule) -> GraphModule:
                 continue
             shape = [-1 if d == axis else 1 for d in range(weight.dim())]
             steps = torch.round(weight.detach() / scales.view(shape)) + zero_points.view(shape)
-            q = torch.clamp(steps, -WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
+            q = torch.clamp(steps, qmin, qmax).to(torch.int8)  # the range it trained in
             q_name = fresh_attribute_name(out, f"{w_node.target}_int8")
             zp_name = fresh_attribute_name(out, f"{scale_node.target}_zero_point")
             set_tensor(out, q_name, q, parameter=False)

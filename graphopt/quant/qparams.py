@@ -10,8 +10,10 @@ uint8 is the default.
 
 Weights are per output channel, symmetric int8 over [−127, 127] (``s_c = max|W_c| / 127``):
 the restricted range keeps the int8 × uint8 products of VNNI kernels from saturating, and
-symmetric weights make the zero point vanish from the integer accumulation. A channel's
-scale is raised when its bias would not fit ORT's int32 bias otherwise (``quantize_weight``).
+symmetric weights make the zero point vanish from the integer accumulation. On x86 CPUs
+without VNNI the range is [−64, 64] (``qmax``; ``graphopt.quant.weight_range`` says why). A
+channel's scale is raised when its bias would not fit ORT's int32 bias otherwise
+(``quantize_weight``).
 """
 
 from __future__ import annotations
@@ -83,8 +85,10 @@ def quantize_weight(
     *,
     bias: Tensor | None = None,
     input_scale: float | None = None,
+    qmax: int = WEIGHT_QMAX,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-channel symmetric int8: ``(q int8, scales float32, zero_points int64)``.
+    """Per-channel symmetric int8 over [−qmax, qmax]: ``(q int8, scales float32, zero_points
+    int64)``.
 
     With the layer's float ``bias`` and its input's activation ``input_scale``, each channel's
     scale is raised where needed so that ONNX Runtime's int32 bias ``round(b_c / (s_x · s_c))``
@@ -98,12 +102,12 @@ def quantize_weight(
     bound = moved.reshape(moved.shape[0], -1).abs().amax(1)
     # An all-zero channel gets scale 1 (exact for zeros), as ORT's quantizer does: a tiny scale
     # would make ORT's int32 bias (bias / (s_x · s_w)) overflow.
-    scales = torch.where(bound > 0, torch.clamp(bound / WEIGHT_QMAX, min=_TINY), 1.0)
+    scales = torch.where(bound > 0, torch.clamp(bound / qmax, min=_TINY), 1.0)
     if bias is not None and input_scale is not None and bias.numel() == scales.numel():
         floor = bias.detach().float().abs().reshape(-1) / (input_scale * INT32_BIAS_LIMIT)
         scales = torch.maximum(scales, floor)
     shape = [-1] + [1] * (moved.dim() - 1)
-    q = torch.clamp(torch.round(moved / scales.view(shape)), -WEIGHT_QMAX, WEIGHT_QMAX)
+    q = torch.clamp(torch.round(moved / scales.view(shape)), -qmax, qmax)
     return (
         q.to(torch.int8).movedim(0, axis).contiguous(),
         scales,

@@ -23,7 +23,7 @@ from graphopt.ir import is_op
 from graphopt.quant.calibrate import STAGE, observe
 from graphopt.quant.observers import make_observer
 from graphopt.quant.placement import QuantLayer, Sites, find_sites
-from graphopt.quant.qparams import ActivationQParams, activation_qparams
+from graphopt.quant.qparams import WEIGHT_QMAX, ActivationQParams, activation_qparams
 from graphopt.quant.rewrite import insert_activation_qdq, quantize_weights
 from graphopt.quant.simulate import fast_simulation
 from graphopt.sharing import shared_copy
@@ -105,8 +105,10 @@ def convert(
     qparams: dict[str, ActivationQParams],
     *,
     activation_ops: bool = True,
+    weight_qmax: int = WEIGHT_QMAX,
 ) -> Converted:
-    """A quantized copy of ``gm`` with ``layers`` in int8 and every other conv/linear float."""
+    """A quantized copy of ``gm`` with ``layers`` in int8 (weights over [−weight_qmax,
+    weight_qmax]) and every other conv/linear float."""
     out = shared_copy(gm)  # the rewrite sets new tensors: the float ones stay shared
     sites = find_sites(out, {layer.node for layer in layers}, activation_ops=activation_ops)
     missing = [s for s in sites.own if s not in qparams]
@@ -116,7 +118,8 @@ def convert(
             {k: v for k, v in sites.shared.items() if v in qparams},
             sites.float_readers,
         )
-    weights = quantize_weights(out, layers, _input_scales(out, layers, sites, qparams))
+    scales = _input_scales(out, layers, sites, qparams)
+    weights = quantize_weights(out, layers, scales, qmax=weight_qmax)
     pairs = insert_activation_qdq(out, sites, qparams)
     out.graph.lint()
     out.recompile()

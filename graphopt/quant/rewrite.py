@@ -45,8 +45,11 @@ def quantize_weights(
     gm: GraphModule,
     layers: Sequence[QuantLayer],
     input_scales: Mapping[str, float] | None = None,
+    *,
+    qmax: int = WEIGHT_QMAX,
 ) -> int:
-    """Store each layer's weight as int8 (per output channel) behind a dequantize node.
+    """Store each layer's weight as int8 (per output channel, over [−qmax, qmax]) behind a
+    dequantize node.
 
     ``input_scales`` (layer node → its input's activation scale) lets the weight scales keep
     the layer's bias within ORT's int32 bias (see ``quantize_weight``). A weight that several
@@ -67,12 +70,15 @@ def quantize_weights(
     done = 0
     for users in shared.values():
         users.sort(key=lambda pair: order[pair[1]])
-        done += _quantize_shared_weight(gm, users, input_scales)
+        done += _quantize_shared_weight(gm, users, input_scales, qmax)
     return done
 
 
 def _quantize_shared_weight(
-    gm: GraphModule, users: Sequence[tuple[QuantLayer, Node]], input_scales: Mapping[str, float]
+    gm: GraphModule,
+    users: Sequence[tuple[QuantLayer, Node]],
+    input_scales: Mapping[str, float],
+    qmax: int,
 ) -> int:
     """One weight tensor (read by ``users``, in graph order) as int8 behind one dequantize."""
     layer, first = users[0]
@@ -87,7 +93,11 @@ def _quantize_shared_weight(
     bias_node = first.args[2] if len(first.args) > 2 else first.kwargs.get("bias")
     known = [input_scales[lay.node] for lay, _ in users if lay.node in input_scales]
     q, scales, zero_points = quantize_weight(
-        weight, axis=0, bias=get_tensor(gm, bias_node), input_scale=min(known, default=None)
+        weight,
+        axis=0,
+        bias=get_tensor(gm, bias_node),
+        input_scale=min(known, default=None),
+        qmax=qmax,
     )
     names = {}
     for suffix, value in (("int8", q), ("scale", scales), ("zero_point", zero_points)):
@@ -97,7 +107,7 @@ def _quantize_shared_weight(
         args = [gm.graph.get_attr(names[s]) for s in ("int8", "scale", "zero_point")]
         dequant = gm.graph.call_function(
             QuantOps.dq_channel,
-            (*args, 0, -WEIGHT_QMAX, WEIGHT_QMAX, torch.int8),
+            (*args, 0, -qmax, qmax, torch.int8),
         )
     dequant.meta[QUANT_META] = "weight"
     for (_, node), weight_node in zip(users, weight_nodes, strict=True):
