@@ -70,6 +70,29 @@ def load_average() -> str:
     return ", ".join(f"{x:.2f}" for x in load)
 
 
+def cpu_text() -> str:
+    """The CPU's model name and its int8-relevant features: VNNI (or not) decides ONNX
+    Runtime's int8 kernels, so the int8 speed-ups, and ``weight_range: auto``."""
+    import platform
+
+    from graphopt.quant.weight_range import cpu_flags
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    wanted = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
+    found = [f for f in wanted if f in flags]
+    if found and not {"avx512_vnni", "avx_vnni", "amx_int8"} & flags:
+        found.append("no VNNI")
+    return f"{name} ({', '.join(found) or 'CPU flags unknown'})"
+
+
 def versions_text() -> str:
     """graphopt's and its libraries' versions, Python left out (the machine line has it)."""
     from graphopt.provenance import versions

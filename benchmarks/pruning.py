@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _results import write_section  # benchmarks/ is sys.path[0] when run as a script
+from _results import cpu_text, write_section  # benchmarks/ is sys.path[0] as a script
 from torch import nn
 
 from graphopt.analysis import analyze
@@ -587,12 +587,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
+    cpu = cpu_text()
     import onnxruntime
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

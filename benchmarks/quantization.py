@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _results import ToolRuns, write_section  # benchmarks/ is sys.path[0] as a script
+from _results import ToolRuns, cpu_text, write_section  # benchmarks/ is sys.path[0] as a script
 from _results import say as _say
 from torch import nn
 
@@ -622,12 +622,7 @@ def _graph_gap(ours: dict[str, int], theirs: dict[str, int]) -> str:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_text()
     import onnxruntime
 
     versions = f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
