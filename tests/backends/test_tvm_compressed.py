@@ -43,7 +43,11 @@ def test_compressed_models_run_on_tvm(name, shape, passes) -> None:
 )
 def test_int8_qdq_models_run_on_tvm(name, shape) -> None:
     model, inputs = get_model(name, input_shape=shape)
-    quantize = Quantize(calibration={"source": "example_inputs"})
+    # The same graph on every CPU (``auto`` picks the range by the CPU, for ORT's kernels):
+    # TVM computes the QDQ graph in float, so a rounding flip against torch's order of float
+    # operations, amplified by the layers after it, is all that differs; its size depends on
+    # the weights (with reduced ones resnet18 measured 0.023 here, with full ones 0.0)
+    quantize = Quantize(calibration={"source": "example_inputs"}, weight_range="full")
     result = PassManager([quantize]).run(trace(model, inputs), inputs)
     assert result.stages[-1].stats["layers_int8"] > 0
     assert _run_on_tvm(result.graph_module, inputs) <= 2e-2

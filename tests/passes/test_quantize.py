@@ -39,7 +39,9 @@ def _quantize(name: str, shape=IMAGE, **options):
 @pytest.mark.parametrize(
     ("name", "min_cosine"),
     [
-        ("resnet18", 0.999),
+        # 0.9994 with full-range weights, 0.9990 with reduced ones (weight_range auto on x86
+        # CPUs without VNNI: one bit fewer)
+        ("resnet18", 0.998),
         ("mobilenet_v2", 0.999),
         ("densenet_tiny", 0.999),
         ("vgg11_bn", 0.999),

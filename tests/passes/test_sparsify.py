@@ -163,8 +163,10 @@ def test_masks_survive_int8_and_qat() -> None:
     )
     assert stages[-1].stats["masked"] == 4
     for name in WEIGHTS:
-        int8 = gm.get_buffer(f"{name}_int8")
-        assert torch.equal(int8 != 0, gm.meta[MASK_META][name])
+        int8, keep = gm.get_buffer(f"{name}_int8"), gm.meta[MASK_META][name]
+        assert not int8[~keep].any()  # what sparsify removed stays zero through int8 and QAT
+        # a kept weight below half a step rounds to 0 (more of them with 7-bit weights)
+        assert (int8[keep] != 0).float().mean() > 0.9
 
 
 def test_a_stale_mask_is_rederived_or_refused() -> None:

@@ -75,9 +75,11 @@ def test_int8_activations_leave_convs_in_float_on_ort(tmp_path) -> None:
     compiled, got, want = _on_ort(gm, inputs, tmp_path)
     ops = compiled.info["ort_op_counts"]
     assert ops.get("QLinearConv", 0) < 20
-    # Rounding flips in int8 activations travel further here: compare directions.
+    # Rounding flips in int8 activations travel further here: compare directions. Measured:
+    # above 0.999 with VNNI; 0.998 on an AVX2 CPU without it (weight_range auto: reduced), and
+    # 0.986 there with full-range weights, which its kernels saturate
     cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
-    assert cosine > 0.999
+    assert cosine > 0.995
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
