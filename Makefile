@@ -40,7 +40,7 @@ demo-backends: $(STAMP)
 	$(BIN)/graphopt run examples/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check graphopt tests benchmarks examples
