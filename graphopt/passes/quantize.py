@@ -169,15 +169,13 @@ class Quantize(Pass):
         )
         qparams = calibration.qparams
         reference = run_batches(gm, probe, known=calibration.reference)
-        weights, qmax, why = resolve_weight_range(self.weight_range)
-        to_int8 = functools.partial(convert, weight_qmax=qmax)
+        to_int8 = functools.partial(convert, weight_qmax=self._weight_qmax)
         table = (
             layer_sensitivity(gm, layers, qparams, probe, convert_fn=to_int8, reference=reference)
             if self.scheme == "mixed" or self.sensitivity
             else []
         )
-        stats: dict[str, Any] = {"scheme": self.scheme, "weight_range": weights}
-        stats["weight_range_reason"] = why
+        stats: dict[str, Any] = {"scheme": self.scheme, **self._weight_range_stats}
         if self.scheme == "mixed":
             choice = choose_float_layers(
                 gm,
@@ -231,21 +229,19 @@ class Quantize(Pass):
         refused += [Refusal(node, reason) for node, reason in convs]
         probe = list(take_samples(self._probe_batches(ctx), self.sensitivity_samples))
         reference = run_batches(gm, probe)
-        weights, qmax, why = resolve_weight_range(self.weight_range)
         table = (
             layer_sensitivity(
                 gm,
                 layers,
                 {},
                 probe,
-                convert_fn=functools.partial(convert_dynamic, weight_qmax=qmax),
+                convert_fn=functools.partial(convert_dynamic, weight_qmax=self._weight_qmax),
                 reference=reference,
             )
             if self.scheme == "dynamic_mixed" or self.sensitivity
             else []
         )
-        stats: dict[str, Any] = {"scheme": self.scheme, "weight_range": weights}
-        stats["weight_range_reason"] = why
+        stats: dict[str, Any] = {"scheme": self.scheme, **self._weight_range_stats}
         if self.scheme == "dynamic_mixed":
             choice = choose_float_layers(
                 gm,
@@ -287,12 +283,20 @@ class Quantize(Pass):
         self, gm: GraphModule, layers: list, qparams: object = None, **_: object
     ) -> Converted:
         """``convert_dynamic`` and then the int8 tables: a mixed candidate is scored whole."""
-        converted = convert_dynamic(
-            gm, layers, weight_qmax=resolve_weight_range(self.weight_range)[1]
-        )
+        converted = convert_dynamic(gm, layers, weight_qmax=self._weight_qmax)
         if self._int8_tables:
             quantize_embeddings(converted.graph_module, self.skip)
         return converted
+
+    @property
+    def _weight_qmax(self) -> int:
+        """The int8 weights' bound that ``weight_range`` gives on this CPU."""
+        return resolve_weight_range(self.weight_range)[1]
+
+    @property
+    def _weight_range_stats(self) -> dict[str, str]:
+        weights, _qmax, why = resolve_weight_range(self.weight_range)
+        return {"weight_range": weights, "weight_range_reason": why}
 
     @property
     def _int8_tables(self) -> bool:

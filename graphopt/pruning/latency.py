@@ -30,6 +30,7 @@ layer and the table only interpolates. Equal specs (repeated blocks) are measure
 from __future__ import annotations
 
 import bisect
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -238,12 +239,7 @@ class LatencyCostModel(CostModel):
         return sum(self._node_macs(n, {}) - self._node_macs(n, extra) for n in nodes)
 
     def _node_macs(self, node: str, extra: Mapping[tuple[str, str], int]) -> float:
-        macs = float(self.macs[node])
-        for role in ("out", "in", "heads"):
-            key = (node, role)
-            if key in self.size:
-                macs *= 1.0 - (self.removed[key] + extra.get(key, 0)) / self.size[key]
-        return macs
+        return self._scaled(float(self.macs[node]), node, extra)
 
     def _full(self, node: str) -> tuple[int, int]:
         spec = self.specs[node]
@@ -282,17 +278,10 @@ class LatencyCostModel(CostModel):
         return self._seconds(node, extra)
 
     def _seconds(self, node: str, extra: Mapping[tuple[str, str], int]) -> float:
-        kept = {}
-        for role in ("out", "in", "heads"):
-            key = (node, role)
-            if key in self.size:
-                kept[role] = 1.0 - (self.removed[key] + extra.get(key, 0)) / self.size[key]
+        kept = self._kept(node, extra)
         table = self.tables.get(node)
         if table is None:
-            fraction = 1.0
-            for value in kept.values():
-                fraction *= value
-            return self.macs[node] * fraction * self.seconds_per_mac
+            return self.macs[node] * math.prod(kept.values()) * self.seconds_per_mac
         full_in, full_out = self._full(node)
         out = kept.get("out", 1.0) * full_out
         if self.specs[node].depthwise:

@@ -140,12 +140,21 @@ class CostModel:
         return extra
 
     def _macs(self, node: str, extra: Mapping[tuple[str, str], int]) -> float:
-        macs = float(self.base[node])
-        for role in _SCALING_ROLES:
-            key = (node, role)
-            if key in self.size:
-                macs *= 1.0 - (self.removed[key] + extra.get(key, 0)) / self.size[key]
-        return macs
+        return self._scaled(float(self.base[node]), node, extra)
+
+    def _scaled(self, value: float, node: str, extra: Mapping[tuple[str, str], int]) -> float:
+        """``value`` (the node's MACs) times each kept share, in the roles' order."""
+        for share in self._kept(node, extra).values():
+            value *= share
+        return value
+
+    def _kept(self, node: str, extra: Mapping[tuple[str, str], int]) -> dict[str, float]:
+        """Role → the share of the node's channels (heads) kept, with ``extra`` removed too."""
+        return {
+            role: 1.0 - (self.removed[key] + extra.get(key, 0)) / self.size[key]
+            for role in _SCALING_ROLES
+            if (key := (node, role)) in self.size
+        }
 
 
 def valid_removals(group: PruningGroup, order: Sequence[int], round_to: int, min_channels: int):
