@@ -2,6 +2,8 @@
 
 One intra-op thread: tests check correctness, never speed, and on a shared 2-core machine
 torch's default thread pool oversubscribes the cores (seen here: 50× slower eager ResNet-50).
+``make test`` uses the cores instead by running one pytest-xdist worker per core, each at one
+thread; tests therefore never share a path they write (``tmp_path``, or atomic cache writes).
 
 Hypothesis draws new random architectures on every local run (that is how the random-model
 tests find bugs); under CI (``CI`` set) it is derandomized, so a landing run is reproducible
