@@ -8,14 +8,25 @@ well under a minute and then read from the cache.
 
 Each variant runs in its own session with the backend's settings (intra-op threads, graph
 optimisation level, no spinning), random float32 weights and inputs: ``warmup`` runs, then
-the median of ``runs``. A linear is a ``Gemm`` on a 2-d input, else ``MatMul`` + ``Add`` (the
-forms the exporter emits, which ORT fuses the same way). A spec of ``precision`` int8 is the
+the median of ``runs``, less the time of the layout conversions ORT wraps around a layer that
+is alone in its model (``LAYOUT_OPS``: ``ReorderInput``/``ReorderOutput`` into and out of the
+NCHWc blocked layout for float convs, the two ``Transpose`` nodes to and from NHWC for int8).
+A whole model converts once at its ends and keeps the layout between layers, so those nodes
+are not the layer's cost; they are timed in a second, profiled session (ORT's per-node kernel
+times, the mean over ``runs``) and subtracted. Measured here (ORT 1.32, AVX-512, 1 thread):
+MobileNetV2's first depthwise conv (96 channels, 112×112, stride 2) is 72 µs of Conv inside
+115 + 27 µs of reorders in float, 82 µs of QLinearConv inside 77 µs of transposes in int8; a
+1×1 conv 320→1280 at 7×7 has 9 µs around 160. The conversions scale with a layer's
+activations, not its MACs, so leaving them in made the tables rate the channels of
+high-resolution, memory-bound layers at two to three times the time they save in a model.
+
+A linear is a ``Gemm`` on a 2-d input, else ``MatMul`` + ``Add`` (the forms the exporter
+emits, which ORT fuses the same way). A spec of ``precision`` int8 is the
 layer as ``quantize`` (static int8, U8S8) leaves it: a uint8 input, ``DequantizeLinear`` of it
 and of the per-channel int8 weight (int32 bias), the layer, ``QuantizeLinear`` of the output —
 the QDQ unit that ORT fuses into ``QLinearConv`` / ``QGemm``, fed uint8. Alone, ORT runs an
 int8 conv in NHWC between two ``Transpose`` nodes, which a whole int8 model has only at its
-ends; they are timed with the layer (memory traffic of its input and output, which a
-channel removal saves too).
+ends; they are subtracted as above.
 
 The cache: one JSON file per machine and runtime under
 ``$XDG_CACHE_HOME/graphopt/layer_latency/``, named by a hash of the CPU model, core count,
@@ -34,6 +45,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,9 +56,10 @@ import numpy as np
 from graphopt.cache import atomic_write, cache_root
 from graphopt.pruning.latency import LayerSpec
 
-__all__ = ["FORMAT", "OrtLayerLatency"]
+__all__ = ["FORMAT", "LAYOUT_OPS", "OrtLayerLatency", "layout_seconds"]
 
-FORMAT = 1
+FORMAT = 2  # 2: layout conversions subtracted (format 1 tables timed them with the layer)
+LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput", "Transpose"})
 
 
 class OrtLayerLatency:
@@ -96,10 +109,8 @@ class OrtLayerLatency:
         else:
             x = rng.standard_normal(spec.input_shape, dtype=np.float32)
             model = _model(spec)
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        feed = {"x": x}
+        serialized, feed = model.SerializeToString(), {"x": x}
+        session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
         for _ in range(self.warmup):
             session.run(None, feed)
         times = []
@@ -107,7 +118,24 @@ class OrtLayerLatency:
             start = time.perf_counter()
             session.run(None, feed)
             times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        wall = statistics.median(times)
+        layout = self._layout_seconds(serialized, options, feed)
+        # the layer's own kernel is never less than a tenth of the call (a guard against a
+        # noisy profile making the entry zero or negative, which the table would reject)
+        return max(wall - layout, wall / 10)
+
+    def _layout_seconds(self, serialized: bytes, options: Any, feed: dict[str, Any]) -> float:
+        """Mean seconds a run spends in ``LAYOUT_OPS`` nodes, from ORT's profiler."""
+        with tempfile.TemporaryDirectory(prefix="graphopt-layer-profile-") as folder:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(folder) / "layer")
+            session = self.ort.InferenceSession(
+                serialized, options, providers=["CPUExecutionProvider"]
+            )
+            for _ in range(self.warmup + self.runs):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        return layout_seconds(events, skip=self.warmup)
 
     def _machine_key(self) -> str:
         facts = {
@@ -136,6 +164,20 @@ class OrtLayerLatency:
     def _store(self, table: dict[str, Any]) -> None:
         payload = {"format": FORMAT, "seconds": dict(sorted(table.items()))}
         atomic_write(Path(self.path), json.dumps(payload, indent=0).encode())
+
+
+def layout_seconds(events: Sequence[dict[str, Any]], skip: int = 0) -> float:
+    """Mean seconds per run of the ``LAYOUT_OPS`` nodes in an ORT profile (``events``, its
+    JSON), leaving out each node's first ``skip`` runs (the warm-up)."""
+    durations: dict[str, list[float]] = {}
+    for event in events:
+        args = event.get("args") or {}
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        if args.get("op_name") in LAYOUT_OPS:
+            durations.setdefault(name, []).append(float(event["dur"]) * 1e-6)
+    return sum(statistics.fmean(d[skip:] or d) for d in durations.values())
 
 
 def _valid(value: object) -> bool:

@@ -87,6 +87,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+import torch
 from pydantic import Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 from torch.fx import GraphModule
@@ -282,7 +283,13 @@ class PruneChannels(Pass):
                 gm, groups, self.importance, self.aggregate, example_inputs=ctx.example_inputs
             )
         cost = (
-            LatencyCostModel(gm, groups, ctx.layer_latency, precision=self.latency_precision)
+            LatencyCostModel(
+                gm,
+                groups,
+                ctx.layer_latency,
+                precision=self.latency_precision,
+                batch=_example_batch(ctx.example_inputs),
+            )
             if self.target_latency is not None or self.selection == LATENCY_AWARE
             else CostModel(gm, groups)
         )
@@ -500,3 +507,12 @@ def _stats(plan: PruningPlan, state: _State, cost: CostModel, params: int) -> di
         "schedule": state.history,
         "plan": plan.to_dict(),
     }
+
+
+def _example_batch(inputs: Sequence[object]) -> int | None:
+    """The batch of the user's example inputs (the first tensor's first size), at which the
+    latency tables time the layers; None when there is no tensor with a dimension."""
+    for value in inputs:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return None

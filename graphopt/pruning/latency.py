@@ -101,12 +101,15 @@ class LayerSpec:
 LayerLatency = Callable[[Sequence[LayerSpec]], Sequence[float]]
 
 
-def _concrete(shape: Sequence[object]) -> tuple[int, ...] | None:
-    """Sizes as ints (a symbolic batch at its example value), or None."""
+def _concrete(shape: Sequence[object], batch: int | None = None) -> tuple[int, ...] | None:
+    """Sizes as ints, or None. A symbolic size is taken at its example value, except a
+    symbolic first dimension (the batch) when ``batch`` is given: capture repeats a batch of
+    1 to 2 to keep it dynamic, so the example value of the symbol is 2 where the user's
+    example inputs, the batch the model is timed and deployed at, have 1."""
     out = []
-    for size in shape:
+    for position, size in enumerate(shape):
         if isinstance(size, torch.SymInt):
-            hint = size.node.hint
+            hint = batch if position == 0 and batch is not None else size.node.hint
             if hint is None:
                 return None
             size = hint
@@ -114,11 +117,12 @@ def _concrete(shape: Sequence[object]) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def layer_spec(gm: GraphModule, node: Node) -> LayerSpec | None:
-    """The spec of a conv (1-d/2-d, not transposed) or linear node; None for anything else."""
+def layer_spec(gm: GraphModule, node: Node, batch: int | None = None) -> LayerSpec | None:
+    """The spec of a conv (1-d/2-d, not transposed) or linear node; None for anything else.
+    ``batch``: the size a symbolic batch dimension is timed at (default: its example value)."""
     x = node.args[0] if node.args else None
     weight = node.args[1] if len(node.args) > 1 else None
-    shape = _concrete(node_shape(x) or ()) if isinstance(x, Node) else None
+    shape = _concrete(node_shape(x) or (), batch) if isinstance(x, Node) else None
     wshape = _concrete(node_shape(weight) or ()) if isinstance(weight, Node) else None
     if not shape or not wshape:
         return None
@@ -207,11 +211,12 @@ class LatencyCostModel(CostModel):
         groups: Sequence[PruningGroup],
         measure: LayerLatency,
         precision: str = "fp32",
+        batch: int | None = None,
     ) -> None:
         super().__init__(gm, groups)
         nodes = {n.name: n for n in gm.graph.nodes}
         self.macs = dict(self.base)
-        specs = {name: layer_spec(gm, nodes[name]) for name in self.base}
+        specs = {name: layer_spec(gm, nodes[name], batch) for name in self.base}
         specs = {k: v and replace(v, precision=precision) for k, v in specs.items()}
         self.tables, self.specs = self._measure(
             {k: v for k, v in specs.items() if v is not None}, measure
