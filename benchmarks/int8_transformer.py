@@ -61,6 +61,7 @@ from quantization import _file_bytes, _machine, _ort_session, _pt2e
 
 from graphopt.backends import get_backend
 from graphopt.backends.base import measure_interleaved
+from graphopt.backends.layer_latency import kernel_times
 from graphopt.backends.onnxruntime import SLOW_FUSIONS
 from graphopt.capture import trace
 from graphopt.pass_manager import PassManager
@@ -238,10 +239,8 @@ def _op_shares(path: Path, example: list[np.ndarray], calls: int = 20) -> dict[s
         session.run(None, dict(zip(names, example, strict=True)))
     events = json.loads(Path(session.end_profiling()).read_text())
     totals: dict[str, float] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            op = event.get("args", {}).get("op_name", "?")
-            totals[op] = totals.get(op, 0.0) + float(event.get("dur", 0))
+    for op, runs in kernel_times(events).values():
+        totals[op] = totals.get(op, 0.0) + sum(runs)
     whole = sum(totals.values()) or 1.0
     return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}
 

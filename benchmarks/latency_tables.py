@@ -13,7 +13,6 @@ Ratio = table / in-model time; 1 is a perfect table.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import statistics
 import sys
@@ -24,6 +23,7 @@ import onnxruntime as ort
 import pipeline as PL  # benchmarks/ is sys.path[0] when run as a script
 import quantization as Q
 
+from graphopt.backends.layer_latency import kernel_times
 from graphopt.capture import trace
 from graphopt.pass_manager import PassManager
 from graphopt.passes import PassContext, get_pass
@@ -85,13 +85,8 @@ def _profile(folder: Path, inputs: tuple, runs: int) -> list[float]:
     feed = {session.get_inputs()[0].name: inputs[0].numpy()}
     for _ in range(50 + runs):
         session.run(None, feed)
-    durations: dict[str, list[float]] = collections.defaultdict(list)
-    for event in json.loads(Path(session.end_profiling()).read_text()):
-        name = str(event.get("name", ""))
-        op = (event.get("args") or {}).get("op_name")
-        if event.get("cat") == "Node" and name.endswith("_kernel_time") and op in LAYERS:
-            durations[name].append(float(event["dur"]))
-    return [statistics.fmean(d[50:]) for d in durations.values()]
+    nodes = kernel_times(json.loads(Path(session.end_profiling()).read_text()))
+    return [statistics.fmean(runs[50:]) * 1e6 for op, runs in nodes.values() if op in LAYERS]
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ import numpy as np
 from graphopt.cache import atomic_write, cache_root
 from graphopt.pruning.latency import LayerSpec
 
-__all__ = ["FORMAT", "LAYOUT_OPS", "OrtLayerLatency", "layout_seconds"]
+__all__ = ["FORMAT", "LAYOUT_OPS", "OrtLayerLatency", "kernel_times", "layout_seconds"]
 
 FORMAT = 2  # 2: layout conversions subtracted (format 1 tables timed them with the layer)
 LAYOUT_OPS = frozenset({"ReorderInput", "ReorderOutput", "Transpose"})
@@ -94,14 +94,7 @@ class OrtLayerLatency:
         return [float(table[s.key()]) for s in specs]
 
     def measure(self, spec: LayerSpec) -> float:
-        """Median seconds of one run of the layer alone."""
-        ort = self.ort
-        options = ort.SessionOptions()
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self.optimization)
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        """Median seconds of one run of the layer alone, less its layout conversions."""
         rng = np.random.default_rng(0)
         if spec.precision == "int8":
             x = rng.integers(0, 256, spec.input_shape, dtype=np.uint8)
@@ -110,7 +103,7 @@ class OrtLayerLatency:
             x = rng.standard_normal(spec.input_shape, dtype=np.float32)
             model = _model(spec)
         serialized, feed = model.SerializeToString(), {"x": x}
-        session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+        session = self._session(serialized)
         for _ in range(self.warmup):
             session.run(None, feed)
         times = []
@@ -119,19 +112,29 @@ class OrtLayerLatency:
             session.run(None, feed)
             times.append(time.perf_counter() - start)
         wall = statistics.median(times)
-        layout = self._layout_seconds(serialized, options, feed)
+        layout = self._layout_seconds(serialized, feed)
         # the layer's own kernel is never less than a tenth of the call (a guard against a
         # noisy profile making the entry zero or negative, which the table would reject)
         return max(wall - layout, wall / 10)
 
-    def _layout_seconds(self, serialized: bytes, options: Any, feed: dict[str, Any]) -> float:
+    def _session(self, serialized: bytes, profile_prefix: str | None = None) -> Any:
+        """A session with the backend's settings (profiled when ``profile_prefix`` is given)."""
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self.optimization)
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
+        return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+
+    def _layout_seconds(self, serialized: bytes, feed: dict[str, Any]) -> float:
         """Mean seconds a run spends in ``LAYOUT_OPS`` nodes, from ORT's profiler."""
         with tempfile.TemporaryDirectory(prefix="graphopt-layer-profile-") as folder:
-            options.enable_profiling = True
-            options.profile_file_prefix = str(Path(folder) / "layer")
-            session = self.ort.InferenceSession(
-                serialized, options, providers=["CPUExecutionProvider"]
-            )
+            session = self._session(serialized, str(Path(folder) / "layer"))
             for _ in range(self.warmup + self.runs):
                 session.run(None, feed)
             events = json.loads(Path(session.end_profiling()).read_text())
@@ -166,18 +169,27 @@ class OrtLayerLatency:
         atomic_write(Path(self.path), json.dumps(payload, indent=0).encode())
 
 
-def layout_seconds(events: Sequence[dict[str, Any]], skip: int = 0) -> float:
-    """Mean seconds per run of the ``LAYOUT_OPS`` nodes in an ORT profile (``events``, its
-    JSON), leaving out each node's first ``skip`` runs (the warm-up)."""
-    durations: dict[str, list[float]] = {}
+def kernel_times(events: Sequence[dict[str, Any]]) -> dict[str, tuple[str, list[float]]]:
+    """Per node of an ORT profile (``events``, its JSON): its op type and the seconds of each
+    of its kernel runs, in order (nodes in the order they first ran)."""
+    nodes: dict[str, tuple[str, list[float]]] = {}
     for event in events:
-        args = event.get("args") or {}
         name = str(event.get("name", ""))
         if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
             continue
-        if args.get("op_name") in LAYOUT_OPS:
-            durations.setdefault(name, []).append(float(event["dur"]) * 1e-6)
-    return sum(statistics.fmean(d[skip:] or d) for d in durations.values())
+        op = str((event.get("args") or {}).get("op_name", "?"))
+        nodes.setdefault(name, (op, []))[1].append(float(event.get("dur", 0)) * 1e-6)
+    return nodes
+
+
+def layout_seconds(events: Sequence[dict[str, Any]], skip: int = 0) -> float:
+    """Mean seconds per run of the ``LAYOUT_OPS`` nodes in an ORT profile (``events``, its
+    JSON), leaving out each node's first ``skip`` runs (the warm-up)."""
+    return sum(
+        statistics.fmean(runs[skip:] or runs)
+        for op, runs in kernel_times(events).values()
+        if op in LAYOUT_OPS
+    )
 
 
 def _valid(value: object) -> bool:
